@@ -1,0 +1,98 @@
+"""Engines and transactions. The caller owns the transaction; repository functions only
+take a `Connection`.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from persistence.ddl import ORGANIZATION_SETTING
+from persistence.errors import ConfigurationError
+from persistence.jsonvalue import DEFAULT_MAX_BYTES, encode_json
+
+DEFAULT_DATABASE_URL = "sqlite:///flowworker.db"
+
+
+def normalize_url(url: str) -> str:
+    """Accept the URLs people paste: postgres:// and postgresql:// mean psycopg 3 here."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def create_database_engine(
+    url: str = DEFAULT_DATABASE_URL,
+    *,
+    json_max_bytes: int = DEFAULT_MAX_BYTES,
+    pool_size: int = 5,
+    **engine_options: Any,
+) -> Engine:
+    """An engine for PostgreSQL (psycopg 3) or SQLite, with flowworker's JSON encoding."""
+    url = normalize_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigurationError(f"not a database URL: {url!r} ({exc})") from exc
+    backend = parsed.get_backend_name()
+    if backend not in ("postgresql", "sqlite"):
+        raise ConfigurationError(
+            f"flowworker supports PostgreSQL and SQLite, not {backend!r} (from {url!r})"
+        )
+    options: dict[str, Any] = {
+        "json_serializer": functools.partial(encode_json, max_bytes=json_max_bytes),
+        **engine_options,
+    }
+    if backend == "postgresql":
+        options.setdefault("pool_size", pool_size)
+        options.setdefault("pool_pre_ping", True)
+    else:
+        options.setdefault("connect_args", {"timeout": 30})
+    engine = create_engine(url, **options)
+    if backend == "sqlite":
+        event.listen(engine, "connect", _configure_sqlite)
+    return engine
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    if not _is_memory_database(dbapi_connection):
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def _is_memory_database(dbapi_connection: Any) -> bool:
+    cursor = dbapi_connection.cursor()
+    try:
+        rows = cursor.execute("PRAGMA database_list").fetchall()
+    finally:
+        cursor.close()
+    return any(row[1] == "main" and not row[2] for row in rows)
+
+
+def set_organization(connection: Connection, organization_id: uuid.UUID) -> None:
+    """Scope the current transaction to one organization (PostgreSQL row-level security)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT set_config(:name, :value, true)"),
+            {"name": ORGANIZATION_SETTING, "value": str(organization_id)},
+        )
+
+
+@contextmanager
+def transaction(engine: Engine, organization_id: uuid.UUID | None = None) -> Iterator[Connection]:
+    """Begin a transaction, scoped to `organization_id` when given; commit on success."""
+    with engine.begin() as connection:
+        if organization_id is not None:
+            set_organization(connection, organization_id)
+        yield connection

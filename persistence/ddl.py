@@ -1,0 +1,125 @@
+"""Schema objects SQLAlchemy models cannot express: the history trigger and RLS policies.
+
+Used by the migrations; kept here so that the SQL is written once, per backend.
+"""
+
+from __future__ import annotations
+
+from persistence.models import TENANT_TABLES
+
+ORGANIZATION_SETTING = "flowworker.organization_id"
+
+_HISTORY_COLUMNS = (
+    "task_execution_id, organization_id, from_status, to_status, version, modified_by, recorded_at"
+)
+
+POSTGRES_HISTORY_TRIGGER = [
+    f"""
+    CREATE FUNCTION flowworker_record_status_change() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' OR NEW.status IS DISTINCT FROM OLD.status THEN
+            INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+            VALUES (NEW.id, NEW.organization_id,
+                    CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END,
+                    NEW.status, NEW.version, NEW.modified_by, NEW.updated_at);
+        END IF;
+        RETURN NULL;
+    END $$
+    """,
+    """
+    CREATE TRIGGER task_executions_status_history
+    AFTER INSERT OR UPDATE ON task_executions
+    FOR EACH ROW EXECUTE FUNCTION flowworker_record_status_change()
+    """,
+    """
+    CREATE FUNCTION flowworker_refuse_history_update() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'task_execution_events is append-only';
+    END $$
+    """,
+    """
+    CREATE TRIGGER task_execution_events_append_only
+    BEFORE UPDATE ON task_execution_events
+    FOR EACH ROW EXECUTE FUNCTION flowworker_refuse_history_update()
+    """,
+]
+
+POSTGRES_HISTORY_TRIGGER_DROP = [
+    "DROP TRIGGER IF EXISTS task_execution_events_append_only ON task_execution_events",
+    "DROP FUNCTION IF EXISTS flowworker_refuse_history_update()",
+    "DROP TRIGGER IF EXISTS task_executions_status_history ON task_executions",
+    "DROP FUNCTION IF EXISTS flowworker_record_status_change()",
+]
+
+SQLITE_HISTORY_TRIGGER = [
+    f"""
+    CREATE TRIGGER task_executions_status_history_insert AFTER INSERT ON task_executions
+    BEGIN
+        INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+        VALUES (NEW.id, NEW.organization_id, NULL, NEW.status, NEW.version, NEW.modified_by,
+                NEW.updated_at);
+    END
+    """,
+    f"""
+    CREATE TRIGGER task_executions_status_history_update AFTER UPDATE ON task_executions
+    WHEN NEW.status IS NOT OLD.status
+    BEGIN
+        INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+        VALUES (NEW.id, NEW.organization_id, OLD.status, NEW.status, NEW.version,
+                NEW.modified_by, NEW.updated_at);
+    END
+    """,
+    """
+    CREATE TRIGGER task_execution_events_append_only BEFORE UPDATE ON task_execution_events
+    BEGIN
+        SELECT RAISE(ABORT, 'task_execution_events is append-only');
+    END
+    """,
+]
+
+SQLITE_HISTORY_TRIGGER_DROP = [
+    "DROP TRIGGER IF EXISTS task_execution_events_append_only",
+    "DROP TRIGGER IF EXISTS task_executions_status_history_update",
+    "DROP TRIGGER IF EXISTS task_executions_status_history_insert",
+]
+
+# The application role sets `flowworker.organization_id` per transaction; a session that has
+# not set it sees and writes nothing. Table owners (the migration role) are not subject to it.
+_CURRENT_ORGANIZATION = f"NULLIF(current_setting('{ORGANIZATION_SETTING}', true), '')::uuid"
+
+
+def postgres_rls_policies() -> list[str]:
+    statements = []
+    for table in TENANT_TABLES:
+        statements += [
+            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+            f"CREATE POLICY tenant_isolation ON {table} "
+            f"USING (organization_id = {_CURRENT_ORGANIZATION}) "
+            f"WITH CHECK (organization_id = {_CURRENT_ORGANIZATION})",
+        ]
+    return statements
+
+
+def postgres_rls_policies_drop() -> list[str]:
+    statements = []
+    for table in TENANT_TABLES:
+        statements += [
+            f"DROP POLICY IF EXISTS tenant_isolation ON {table}",
+            f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY",
+        ]
+    return statements
+
+
+def postgres_grant_application_role(role: str) -> list[str]:
+    """Grants for a login role that is neither superuser nor BYPASSRLS (see `db grant`)."""
+    return [
+        f"GRANT USAGE ON SCHEMA public TO {role}",
+        f"GRANT SELECT ON organizations TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON flows, flow_executions, task_executions, "
+        f"task_index_counters TO {role}",
+        # history: append and read only
+        f"GRANT SELECT, INSERT ON task_execution_events TO {role}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+    ]

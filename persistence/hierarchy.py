@@ -1,0 +1,139 @@
+"""Organizations, flow executions and the task_execution_idx counter."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Integer, func, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from persistence.errors import UnknownFlowExecution, UnknownOrganization
+from persistence.models import Base, FlowExecution, Organization, TaskExecution, TaskIndexCounter
+from persistence.reports import utcnow, validate_task_name
+from persistence.status import ExecutionStatus
+
+_org = Base.metadata.tables[Organization.__tablename__]
+_fe = Base.metadata.tables[FlowExecution.__tablename__]
+_te = Base.metadata.tables[TaskExecution.__tablename__]
+_counter = Base.metadata.tables[TaskIndexCounter.__tablename__]
+
+
+def _insert(connection: Connection) -> Any:
+    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+
+
+def ensure_organization(connection: Connection, name: str) -> uuid.UUID:
+    """The id of the organization called `name`, creating it on first use."""
+    statement = (
+        _insert(connection)(_org)
+        .values(id=uuid.uuid4(), name=name)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    connection.execute(statement)
+    return fetch_organization_id(connection, name)
+
+
+def fetch_organization_id(connection: Connection, name_or_id: str) -> uuid.UUID:
+    try:
+        as_id = uuid.UUID(name_or_id)
+    except ValueError:
+        condition = _org.c.name == name_or_id
+    else:
+        condition = (_org.c.id == as_id) | (_org.c.name == name_or_id)
+    found = connection.execute(select(_org.c.id).where(condition)).scalar()
+    if found is None:
+        raise UnknownOrganization(f"no organization named {name_or_id!r}")
+    return uuid.UUID(str(found))
+
+
+@dataclass(frozen=True, slots=True)
+class AdHocFlowExecution:
+    """A Celery workflow that no flow definition started, recorded under `organization_id`."""
+
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    celery_root_id: str | None = None
+
+
+def ensure_flow_executions(
+    connection: Connection, executions: Iterable[AdHocFlowExecution]
+) -> None:
+    """Create the ad-hoc flow executions that do not exist yet (one statement)."""
+    now = utcnow()
+    rows = [
+        {
+            "id": execution.id,
+            "organization_id": execution.organization_id,
+            "celery_root_id": execution.celery_root_id,
+            "status": ExecutionStatus.RUNNING.value,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for execution in {execution.id: execution for execution in executions}.values()
+    ]
+    if rows:
+        connection.execute(_insert(connection)(_fe).on_conflict_do_nothing(), rows)
+
+
+def create_flow_execution(
+    connection: Connection,
+    organization_id: uuid.UUID,
+    *,
+    flow_id: uuid.UUID | None = None,
+    inputs: Any = None,
+    flow_execution_id: uuid.UUID | None = None,
+    status: ExecutionStatus = ExecutionStatus.QUEUED,
+) -> uuid.UUID:
+    now = utcnow()
+    new_id = flow_execution_id or uuid.uuid4()
+    connection.execute(
+        _fe.insert().values(
+            id=new_id,
+            organization_id=organization_id,
+            flow_id=flow_id,
+            inputs=inputs,
+            status=status.value,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    return new_id
+
+
+def allocate_task_execution_idx(
+    connection: Connection, flow_execution_id: uuid.UUID, task_name: str, count: int = 1
+) -> int:
+    """Reserve `count` consecutive indices for `task_name`; returns the first.
+
+    One atomic statement: concurrent callers (any process, any machine) serialize on the
+    counter row, so they never receive the same index. Indices a client wrote directly
+    (through the HTTP API) are skipped, never reused.
+    """
+    validate_task_name(task_name)
+    highest_recorded = (
+        select(func.coalesce(func.max(_te.c.task_execution_idx) + 1, 0))
+        .where(_te.c.flow_execution_id == flow_execution_id, _te.c.task_name == task_name)
+        .scalar_subquery()
+    )
+    proposed = select(
+        _fe.c.id,
+        literal(task_name),
+        _fe.c.organization_id,
+        highest_recorded + literal(count, Integer()),
+    ).where(_fe.c.id == flow_execution_id)
+    statement = _insert(connection)(_counter).from_select(
+        ["flow_execution_id", "task_name", "organization_id", "next_idx"], proposed
+    )
+    current = _counter.c.next_idx
+    bumped = func.max if connection.dialect.name == "sqlite" else func.greatest
+    statement = statement.on_conflict_do_update(
+        index_elements=["flow_execution_id", "task_name"],
+        set_={"next_idx": bumped(current, highest_recorded) + count},
+    ).returning(_counter.c.next_idx)
+    next_idx = connection.execute(statement).scalar()
+    if next_idx is None:
+        raise UnknownFlowExecution(f"flow execution {flow_execution_id} does not exist")
+    return int(next_idx) - count

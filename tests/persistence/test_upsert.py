@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from persistence.database import transaction
+from persistence.errors import (
+    InvalidExecutionIndex,
+    InvalidStatus,
+    InvalidTaskName,
+    UnknownFlowExecution,
+)
+from persistence.models import TaskExecution, TaskExecutionEvent
+from persistence.reports import TaskReport, UpsertOutcome
+from persistence.status import ExecutionStatus as S
+from persistence.upsert import upsert_task_execution, upsert_task_executions
+from tests.persistence.helpers import make_flow_execution
+
+
+def count_rows(engine: Engine, model: type) -> int:
+    with transaction(engine) as connection:
+        return int(connection.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def history(engine: Engine) -> list[tuple[str | None, str]]:
+    with transaction(engine) as connection:
+        rows = connection.execute(
+            select(TaskExecutionEvent.from_status, TaskExecutionEvent.to_status).order_by(
+                TaskExecutionEvent.id
+            )
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_lifecycle_creates_then_moves_forward(engine: Engine) -> None:
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    with transaction(engine, organization_id) as connection:
+        created = upsert_task_execution(
+            connection, TaskReport(flow_execution_id, "extract", 0, S.QUEUED, input={"n": 1})
+        )
+        running = upsert_task_execution(
+            connection, TaskReport(flow_execution_id, "extract", 0, S.RUNNING, worker="w1")
+        )
+        done = upsert_task_execution(
+            connection, TaskReport(flow_execution_id, "extract", 0, S.COMPLETED, output=[1])
+        )
+    assert [created.outcome, running.outcome, done.outcome] == [
+        UpsertOutcome.CREATED,
+        UpsertOutcome.UPDATED,
+        UpsertOutcome.UPDATED,
+    ]
+    assert created.task_execution_id == done.task_execution_id
+    assert created.organization_id == organization_id
+    assert [created.version, running.version, done.version] == [1, 2, 3]
+    with transaction(engine) as connection:
+        row = connection.execute(select(TaskExecution.__table__)).one()
+    assert row.status == "completed"
+    assert row.input == {"n": 1}
+    assert row.output == [1]
+    assert row.worker == "w1"
+    assert row.modified_by == "system"
+    assert row.queued_at <= row.started_at <= row.finished_at
+    assert history(engine) == [(None, "queued"), ("queued", "running"), ("running", "completed")]
+
+
+def test_same_report_twice_changes_nothing(engine: Engine) -> None:
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    report = TaskReport(flow_execution_id, "t", 0, S.RUNNING)
+    with transaction(engine, organization_id) as connection:
+        first = upsert_task_execution(connection, report)
+        second = upsert_task_execution(connection, report)
+    assert first.outcome is UpsertOutcome.CREATED
+    assert second.outcome is UpsertOutcome.UNCHANGED
+    assert second.version == 1
+    assert count_rows(engine, TaskExecution) == 1
+    assert len(history(engine)) == 1
+
+
+@pytest.mark.parametrize(
+    ("current", "late"),
+    [
+        (S.COMPLETED, S.RUNNING),
+        (S.FAILED, S.QUEUED),
+        (S.CANCELLED, S.RUNNING),
+        (S.RUNNING, S.QUEUED),
+    ],
+)
+def test_backward_report_is_refused_and_names_current_status(
+    engine: Engine, current: S, late: S
+) -> None:
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    with transaction(engine, organization_id) as connection:
+        upsert_task_execution(connection, TaskReport(flow_execution_id, "t", 0, current))
+        result = upsert_task_execution(connection, TaskReport(flow_execution_id, "t", 0, late))
+    assert result.outcome is UpsertOutcome.REFUSED
+    assert result.status is current
+    assert len(history(engine)) == 1
+
+
+def test_stale_and_deleted_are_allowed_from_finished(engine: Engine) -> None:
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    with transaction(engine, organization_id) as connection:
+        upsert_task_execution(connection, TaskReport(flow_execution_id, "t", 0, S.FAILED))
+        stale = upsert_task_execution(connection, TaskReport(flow_execution_id, "t", 0, S.STALE))
+        deleted = upsert_task_execution(
+            connection, TaskReport(flow_execution_id, "t", 0, S.DELETED)
+        )
+        again = upsert_task_execution(connection, TaskReport(flow_execution_id, "t", 0, S.RUNNING))
+    assert (stale.outcome, deleted.outcome, again.outcome) == (
+        UpsertOutcome.UPDATED,
+        UpsertOutcome.UPDATED,
+        UpsertOutcome.REFUSED,
+    )
+
+
+def test_forward_jump_over_a_late_running_report(engine: Engine) -> None:
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    with transaction(engine, organization_id) as connection:
+        results = upsert_task_executions(
+            connection,
+            [
+                TaskReport(flow_execution_id, "t", 0, S.QUEUED),
+                TaskReport(flow_execution_id, "t", 0, S.COMPLETED, output="ok"),
+                TaskReport(flow_execution_id, "t", 0, S.RUNNING),
+            ],
+        )
+    assert [r.outcome for r in results] == [
+        UpsertOutcome.CREATED,
+        UpsertOutcome.UPDATED,
+        UpsertOutcome.REFUSED,
+    ]
+    assert results[-1].status is S.COMPLETED
+
+
+def test_batch_returns_results_in_order_across_keys(engine: Engine) -> None:
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    reports = [
+        TaskReport(flow_execution_id, f"task-{n % 7}", n // 7, status)
+        for n in range(350)
+        for status in (S.QUEUED, S.RUNNING, S.COMPLETED)
+    ]
+    with transaction(engine, organization_id) as connection:
+        results = upsert_task_executions(connection, reports)
+    assert [r.report for r in results] == reports
+    assert {r.outcome for r in results[0::3]} == {UpsertOutcome.CREATED}
+    assert {r.status for r in results[2::3]} == {S.COMPLETED}
+    assert count_rows(engine, TaskExecution) == 350
+    assert count_rows(engine, TaskExecutionEvent) == 1050
+
+
+def test_unknown_flow_execution_writes_nothing(engine: Engine) -> None:
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    reports = [
+        TaskReport(flow_execution_id, "t", 0, S.QUEUED),
+        TaskReport(uuid.uuid4(), "t", 0, S.QUEUED),
+    ]
+    with pytest.raises(UnknownFlowExecution, match="does not exist"):  # noqa: SIM117
+        with transaction(engine, organization_id) as connection:
+            upsert_task_executions(connection, reports)
+    assert count_rows(engine, TaskExecution) == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"status": "done"}, InvalidStatus),
+        ({"task_name": ""}, InvalidTaskName),
+        ({"task_name": "x" * 201}, InvalidTaskName),
+        ({"task_execution_idx": -1}, InvalidExecutionIndex),
+        ({"task_execution_idx": True}, InvalidExecutionIndex),
+    ],
+)
+def test_invalid_reports_raise_their_own_error(changes: dict[str, object], error: type) -> None:
+    fields: dict[str, object] = {
+        "flow_execution_id": uuid.uuid4(),
+        "task_name": "t",
+        "task_execution_idx": 0,
+        "status": "queued",
+        **changes,
+    }
+    with pytest.raises(error):
+        TaskReport(**fields)  # type: ignore[arg-type]
+
+
+def test_task_name_of_200_characters_is_accepted(engine: Engine) -> None:
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    with transaction(engine, organization_id) as connection:
+        result = upsert_task_execution(
+            connection, TaskReport(flow_execution_id, "é" * 200, 0, S.QUEUED)
+        )
+    assert result.outcome is UpsertOutcome.CREATED
+
+
+def test_values_json_cannot_hold_are_stored_in_fallback_form(engine: Engine) -> None:
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    big = "x" * (2 * 1024 * 1024)
+    with transaction(engine, organization_id) as connection:
+        upsert_task_execution(
+            connection,
+            TaskReport(
+                flow_execution_id,
+                "t",
+                0,
+                S.COMPLETED,
+                input={"when": object(), "nul": "a\x00b", "nan": float("nan")},
+                output=big,
+            ),
+        )
+        row = connection.execute(select(TaskExecution.__table__)).one()
+    assert row.input["when"]["$unserializable"] == "builtins.object"
+    assert row.input["nul"] == "a\ufffdb"
+    assert row.input["nan"] == "NaN"
+    assert row.output["$truncated"] is True
+    assert row.output["size_bytes"] > 2 * 1024 * 1024
