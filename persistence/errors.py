@@ -6,6 +6,8 @@
      |    +-- InvalidTaskName
      |    +-- InvalidExecutionIndex
      |    +-- TaskNotInFlow
+     |    +-- InvalidQuery              a filter, limit or id that cannot be queried
+     |         +-- InvalidCursor        a pagination cursor that is malformed or mismatched
      +-- NotFound                       the named thing does not exist  (HTTP 404)
      |    +-- UnknownFlowExecution
      |    +-- UnknownTaskExecution
@@ -49,6 +51,14 @@ class InvalidExecutionIndex(InvalidReport):
 
 
 class TaskNotInFlow(InvalidReport):
+    pass
+
+
+class InvalidQuery(InvalidReport):
+    pass
+
+
+class InvalidCursor(InvalidQuery):
     pass
 
 
