@@ -17,6 +17,8 @@ from persistence.errors import FlowworkerError
 COMMANDS = {
     "db": "flowworker.cli.db:db",
     "demo": "flowworker.cli.demo:demo",
+    "executions": "flowworker.cli.executions:executions",
+    "flow-executions": "flowworker.cli.flow_executions:flow_executions",
 }
 
 
