@@ -116,7 +116,8 @@ def postgres_grant_application_role(role: str) -> list[str]:
     """Grants for a login role that is neither superuser nor BYPASSRLS (see `db grant`)."""
     return [
         f"GRANT USAGE ON SCHEMA public TO {role}",
-        f"GRANT SELECT ON organizations TO {role}",
+        # api_keys: read to authenticate a request, before its organization is known
+        f"GRANT SELECT ON organizations, api_keys TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON flows, flow_executions, task_executions, "
         f"task_index_counters TO {role}",
         # history: append and read only

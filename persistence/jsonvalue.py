@@ -57,7 +57,10 @@ def to_json_safe(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")
     if isinstance(value, Mapping):
-        return {str(key): to_json_safe(item, _depth + 1) for key, item in value.items()}
+        return {
+            to_json_safe(str(key), _depth + 1): to_json_safe(item, _depth + 1)
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple | set | frozenset):
         return [to_json_safe(item, _depth + 1) for item in value]
     converted = _fallback(value)

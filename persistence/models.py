@@ -214,3 +214,25 @@ TENANT_TABLES = (
     TaskExecutionEvent.__tablename__,
     TaskIndexCounter.__tablename__,
 )
+
+
+class ApiKey(Base):
+    """A key of the HTTP API, bound to one organization and one principal.
+
+    Only the SHA-256 of the key's secret is stored. This table is how a request finds its
+    organization, so, like `organizations`, it has no row-level policy. The principal is a
+    person (`user_id`), a service account (`integration`), or neither: the system (workers).
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("user_id IS NULL OR integration IS NULL", name="one_principal"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"), index=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[uuid.UUID | None]
+    integration: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
