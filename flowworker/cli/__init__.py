@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": "flowworker.cli.demo:demo",
     "executions": "flowworker.cli.executions:executions",
     "flow-executions": "flowworker.cli.flow_executions:flow_executions",
+    "watch": "flowworker.cli.watch:watch",
 }
 
 
