@@ -104,13 +104,19 @@ def create_flow_execution(
 
 
 def allocate_task_execution_idx(
-    connection: Connection, flow_execution_id: uuid.UUID, task_name: str, count: int = 1
+    connection: Connection,
+    flow_execution_id: uuid.UUID,
+    task_name: str,
+    count: int = 1,
+    *,
+    at_least: int = 0,
 ) -> int:
     """Reserve `count` consecutive indices for `task_name`; returns the first.
 
     One atomic statement: concurrent callers (any process, any machine) serialize on the
     counter row, so they never receive the same index. Indices a client wrote directly
-    (through the HTTP API) are skipped, never reused.
+    (through the HTTP API) are skipped, never reused, and so is everything below `at_least`
+    (a retry passes its own idx + 1: its first attempt may not be written yet).
     """
     validate_task_name(task_name)
     highest_recorded = (
@@ -118,22 +124,34 @@ def allocate_task_execution_idx(
         .where(_te.c.flow_execution_id == flow_execution_id, _te.c.task_name == task_name)
         .scalar_subquery()
     )
+    bumped = func.max if connection.dialect.name == "sqlite" else func.greatest
+    floor = literal(at_least, Integer())
     proposed = select(
         _fe.c.id,
         literal(task_name),
         _fe.c.organization_id,
-        highest_recorded + literal(count, Integer()),
+        bumped(highest_recorded, floor) + literal(count, Integer()),
     ).where(_fe.c.id == flow_execution_id)
     statement = _insert(connection)(_counter).from_select(
         ["flow_execution_id", "task_name", "organization_id", "next_idx"], proposed
     )
-    current = _counter.c.next_idx
-    bumped = func.max if connection.dialect.name == "sqlite" else func.greatest
     statement = statement.on_conflict_do_update(
         index_elements=["flow_execution_id", "task_name"],
-        set_={"next_idx": bumped(current, highest_recorded) + count},
+        set_={"next_idx": bumped(_counter.c.next_idx, highest_recorded, floor) + count},
     ).returning(_counter.c.next_idx)
     next_idx = connection.execute(statement).scalar()
     if next_idx is None:
         raise UnknownFlowExecution(f"flow execution {flow_execution_id} does not exist")
     return int(next_idx) - count
+
+
+def fetch_execution_key(
+    connection: Connection, celery_task_id: str, attempt: int
+) -> tuple[uuid.UUID, str, int] | None:
+    """The key of the record of Celery task `celery_task_id` at `attempt`, if recorded."""
+    row = connection.execute(
+        select(_te.c.flow_execution_id, _te.c.task_name, _te.c.task_execution_idx)
+        .where(_te.c.celery_task_id == celery_task_id, _te.c.attempt == attempt)
+        .limit(1)
+    ).first()
+    return None if row is None else (row[0], row[1], row[2])

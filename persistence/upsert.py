@@ -18,8 +18,11 @@ trigger (`persistence/ddl.py`).
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,18 +31,21 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Text,
     Uuid,
     and_,
+    bindparam,
     case,
     cast,
     column,
     func,
     literal,
+    literal_column,
     or_,
     select,
     true,
+    tuple_,
     union_all,
-    values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import ColumnElement, FromClause
@@ -75,9 +81,14 @@ _SOURCE_COLUMNS: tuple[tuple[str, Any], ...] = (
 )
 _SOURCE_NAMES = tuple(name for name, _ in _SOURCE_COLUMNS)
 
-# Bound parameters per statement stay well under PostgreSQL's 65,535 and SQLite's limits
-# (SQLite also caps a compound SELECT at 500 terms).
-_CHUNK_ROWS = {"postgresql": 1000, "sqlite": 200}
+_JSON_COLUMNS = frozenset({"input", "output", "error"})
+
+# Rows per statement. On PostgreSQL the reports travel as one array per column, so any
+# number of rows is one statement shape: SQLAlchemy compiles it once and psycopg prepares
+# it once per connection. SQLite has no arrays: its source is a UNION ALL of one-row
+# SELECTs padded to a power of two (a padding row names no flow execution, so the join
+# drops it), a handful of shapes in all; SQLite caps a compound SELECT at 500 terms.
+_CHUNK_ROWS = {"postgresql": 1000, "sqlite": 256}
 
 _RETURNED = (
     _te.c.id,
@@ -108,20 +119,25 @@ def upsert_task_executions(
     """
     results: list[UpsertResult | None] = [None] * len(reports)
     dialect = connection.dialect.name
-    written_at = utcnow()
+    started = utcnow()
+    statements = 0
     for wave in _waves(reports):
         for chunk in _chunks(wave, _CHUNK_ROWS.get(dialect, 200)):
-            statement = _upsert_statement(dialect, [reports[i] for i in chunk], written_at)
-            returned = {_key_of(row): row for row in connection.execute(statement)}
-            not_returned = [i for i in chunk if reports[i].key not in returned]
-            current = _fetch_current(connection, [reports[i].key for i in not_returned])
+            # A row's updated_at equals this statement's own timestamp exactly when this
+            # statement moved it, which tells a move from a gap-filling no-op.
+            written_at = started + dt.timedelta(microseconds=statements)
+            statements += 1
+            statement, parameters = _prepare(connection, [reports[i] for i in chunk], written_at)
+            returned = {_key_of(row): row for row in connection.execute(statement, parameters)}
+            moved = {key for key, row in returned.items() if row.updated_at == written_at}
+            missing = [reports[i].key for i in chunk if reports[i].key not in returned]
+            current = {**returned, **_fetch_current(connection, missing)}
             for i in chunk:
                 report = reports[i]
-                if report.key in returned:
-                    row = returned[report.key]
+                row = current.get(report.key)
+                if row is not None and report.key in moved:
                     outcome = UpsertOutcome.CREATED if row.version == 1 else UpsertOutcome.UPDATED
-                elif report.key in current:
-                    row = current[report.key]
+                elif row is not None:
                     outcome = (
                         UpsertOutcome.UNCHANGED
                         if row.status == report.status
@@ -138,7 +154,11 @@ def upsert_task_executions(
 
 def _waves(reports: Sequence[TaskReport]) -> Iterator[list[int]]:
     """Split report positions so no statement touches one key twice (ON CONFLICT forbids it),
-    keeping each key's reports in their given order."""
+    keeping each key's reports in their given order.
+
+    Each wave is sorted by key, and the statement locks rows in that order: concurrent
+    batches then take their row locks in one global order and cannot deadlock. (A later
+    wave only revisits keys the first one has already locked.)"""
     seen: dict[tuple[uuid.UUID, str, int], int] = {}
     waves: list[list[int]] = []
     for position, report in enumerate(reports):
@@ -147,6 +167,8 @@ def _waves(reports: Sequence[TaskReport]) -> Iterator[list[int]]:
         if wave == len(waves):
             waves.append([])
         waves[wave].append(position)
+    for wave_positions in waves:
+        wave_positions.sort(key=lambda position: reports[position].key)
     yield from waves
 
 
@@ -177,27 +199,66 @@ def _source_row(report: TaskReport, written_at: Any) -> tuple[Any, ...]:
     )
 
 
-def _source(dialect: str, rows: list[tuple[Any, ...]]) -> FromClause:
+def _prepare(
+    connection: Connection, reports: list[TaskReport], written_at: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The (cached) statement for this many reports, and its parameters."""
+    dialect = connection.dialect
+    rows = [_source_row(report, written_at) for report in reports]
+    if dialect.name == "postgresql":
+        # JSON goes in as text[], serialized as the engine's JSON columns would do it.
+        serialize: Callable[[Any], str] = getattr(dialect, "_json_serializer", None) or json.dumps
+        arrays: dict[str, list[Any]] = {}
+        for (name, _), values in zip(_SOURCE_COLUMNS, zip(*rows, strict=True), strict=True):
+            arrays[name] = (
+                [None if v is None else serialize(v) for v in values]
+                if name in _JSON_COLUMNS
+                else list(values)
+            )
+        return _upsert_statement(dialect.name, 0), arrays
+    size = 1 << (len(rows) - 1).bit_length()
+    parameters: dict[str, Any] = {
+        f"{name}_{n}": value
+        for n, row in enumerate(rows)
+        for (name, _), value in zip(_SOURCE_COLUMNS, row, strict=True)
+    }
+    parameters.update(
+        {f"{name}_{n}": None for n in range(len(rows), size) for name in _SOURCE_NAMES}
+    )
+    return _upsert_statement(dialect.name, size), parameters
+
+
+def _source(dialect: str, size: int) -> FromClause:
     if dialect == "postgresql":
-        columns = [column(name, type_) for name, type_ in _SOURCE_COLUMNS]
-        return values(*columns, name="reports").data(rows)
+        arrays = [
+            bindparam(name, type_=postgresql.ARRAY(Text() if name in _JSON_COLUMNS else type_))
+            for name, type_ in _SOURCE_COLUMNS
+        ]
+        columns = [
+            column(name, Text() if name in _JSON_COLUMNS else type_)
+            for name, type_ in _SOURCE_COLUMNS
+        ]
+        return (
+            func.unnest(*arrays)
+            .table_valued(*columns, with_ordinality="position", name="reports")
+            .render_derived()
+        )
     # SQLite has no column aliases on VALUES; a UNION ALL of one-row SELECTs does the same.
     selects = [
         select(
-            *(
-                literal(value, type_).label(name)
-                for (name, type_), value in zip(_SOURCE_COLUMNS, row, strict=True)
-            )
+            *(bindparam(f"{name}_{n}", type_=type_).label(name) for name, type_ in _SOURCE_COLUMNS)
         )
-        for row in rows
+        for n in range(size)
     ]
     if len(selects) == 1:
         return selects[0].subquery("reports")
     return union_all(*selects).subquery("reports")
 
 
-def _upsert_statement(dialect: str, reports: list[TaskReport], written_at: Any) -> Any:
-    source = _source(dialect, [_source_row(r, written_at) for r in reports])
+@functools.lru_cache(maxsize=32)
+def _upsert_statement(dialect: str, size: int) -> Any:
+    """The upsert for `size` report rows (PostgreSQL: any number; pass 0)."""
+    source = _source(dialect, size)
     # PostgreSQL infers a VALUES column's type from its first row, and a NULL there would
     # make it text: cast explicitly. (In SQLite a cast would change the stored affinity.)
     src = SimpleNamespace(
@@ -229,6 +290,8 @@ def _upsert_statement(dialect: str, reports: list[TaskReport], written_at: Any) 
     ).join_from(source, _fe, _fe.c.id == src.flow_execution_id)
     if dialect == "sqlite":
         proposed = proposed.where(true())  # SQLite needs a WHERE before ON CONFLICT
+    else:
+        proposed = proposed.order_by(source.c.position)  # lock rows in key order
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(_te).from_select(
         [
@@ -254,33 +317,56 @@ def _upsert_statement(dialect: str, reports: list[TaskReport], written_at: Any) 
         ],
         proposed,
     )
-    new = statement.excluded
+    new, current = statement.excluded, _te.c
+    moves = transition_guard(current.status, new.status)
+
+    def on_move(moved: Any, otherwise: Any) -> Any:
+        return case((moves, moved), else_=otherwise)
+
+    # A report the guard refuses (a late `queued` after `completed`) still fills what the
+    # record lacks: when it was queued or started, its input. It never changes the status,
+    # the version or updated_at, so the caller learns it was refused or unchanged.
     return statement.on_conflict_do_update(
         index_elements=list(KEY_COLUMNS),
         set_={
-            "status": new.status,
-            "input": func.coalesce(new.input, _te.c.input),
-            "output": func.coalesce(new.output, _te.c.output),
-            "error": func.coalesce(new.error, _te.c.error),
-            "modified_by": new.modified_by,
-            "celery_task_id": func.coalesce(new.celery_task_id, _te.c.celery_task_id),
-            "attempt": case((new.attempt > _te.c.attempt, new.attempt), else_=_te.c.attempt),
-            "worker": func.coalesce(new.worker, _te.c.worker),
-            "queued_at": func.coalesce(_te.c.queued_at, new.queued_at),
-            "started_at": func.coalesce(_te.c.started_at, new.started_at),
-            "finished_at": func.coalesce(new.finished_at, _te.c.finished_at),
-            "updated_at": new.updated_at,
-            "version": _te.c.version + 1,
+            "status": on_move(new.status, current.status),
+            "input": on_move(
+                func.coalesce(new.input, current.input), func.coalesce(current.input, new.input)
+            ),
+            "output": on_move(func.coalesce(new.output, current.output), current.output),
+            "error": on_move(func.coalesce(new.error, current.error), current.error),
+            "modified_by": on_move(new.modified_by, current.modified_by),
+            "celery_task_id": func.coalesce(current.celery_task_id, new.celery_task_id),
+            "attempt": on_move(
+                case((new.attempt > current.attempt, new.attempt), else_=current.attempt),
+                current.attempt,
+            ),
+            "worker": on_move(
+                func.coalesce(new.worker, current.worker), func.coalesce(current.worker, new.worker)
+            ),
+            "queued_at": func.coalesce(current.queued_at, new.queued_at),
+            "started_at": func.coalesce(current.started_at, new.started_at),
+            "finished_at": on_move(
+                func.coalesce(new.finished_at, current.finished_at), current.finished_at
+            ),
+            "updated_at": on_move(new.updated_at, current.updated_at),
+            "version": on_move(current.version + 1, current.version),
         },
-        where=transition_guard(_te.c.status, new.status),
+        where=or_(
+            moves,
+            and_(current.queued_at.is_(None), new.queued_at.is_not(None)),
+            and_(current.started_at.is_(None), new.started_at.is_not(None)),
+            and_(current.input.is_(None), new.input.is_not(None)),
+        ),
     ).returning(*_RETURNED)
 
 
 def transition_guard(current: Any, requested: Any) -> ColumnElement[bool]:
     """SQL truth of `persistence.status.can_transition(current, requested)`."""
-    moves: ColumnElement[bool] = (current + literal(">", String()) + requested).in_(
-        allowed_transition_pairs()
-    )
+    # The legal moves are constants of the code, written into the SQL as literals: a
+    # statement that never changes text is parsed, cached and prepared once.
+    pairs = [literal_column(f"'{pair}'", String()) for pair in allowed_transition_pairs()]
+    moves: ColumnElement[bool] = (current + literal_column("'>'", String()) + requested).in_(pairs)
     return moves
 
 
@@ -290,16 +376,14 @@ def _fetch_current(
     keys = list(keys)
     if not keys:
         return {}
-    conditions = [
-        and_(
-            _te.c.flow_execution_id == flow_execution_id,
-            _te.c.task_name == task_name,
-            _te.c.task_execution_idx == task_execution_idx,
-        )
-        for flow_execution_id, task_name, task_execution_idx in keys
-    ]
-    rows = connection.execute(select(*_RETURNED).where(or_(*conditions)))
+    rows = connection.execute(_CURRENT, {"keys": keys})
     return {_key_of(row): row for row in rows}
+
+
+# one statement for any number of keys: the IN list is expanded at execution time
+_CURRENT = select(*_RETURNED).where(
+    tuple_(*(_te.c[name] for name in KEY_COLUMNS)).in_(bindparam("keys", expanding=True))
+)
 
 
 def _key_of(row: Any) -> tuple[uuid.UUID, str, int]:

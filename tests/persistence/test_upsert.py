@@ -214,3 +214,20 @@ def test_values_json_cannot_hold_are_stored_in_fallback_form(engine: Engine) -> 
     assert row.input["nan"] == "NaN"
     assert row.output["$truncated"] is True
     assert row.output["size_bytes"] > 2 * 1024 * 1024
+
+
+def test_refused_late_report_still_fills_what_the_record_lacks(engine: Engine) -> None:
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    with transaction(engine, organization_id) as connection:
+        upsert_task_execution(connection, TaskReport(flow_execution_id, "t", 0, S.COMPLETED))
+        late = upsert_task_execution(
+            connection, TaskReport(flow_execution_id, "t", 0, S.QUEUED, input={"n": 1})
+        )
+        row = connection.execute(select(TaskExecution.__table__)).one()
+    assert late.outcome is UpsertOutcome.REFUSED
+    assert late.status is S.COMPLETED
+    assert late.version == 1
+    assert row.status == "completed"
+    assert row.input == {"n": 1}
+    assert row.queued_at is not None
+    assert history(engine) == [(None, "completed")]

@@ -1,0 +1,92 @@
+"""`flowworker.install(app)`: the one line that makes a Celery app record every task."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from celery import signals as celery_signals
+
+from flowworker import signals
+from flowworker.config import Settings
+from flowworker.plugin import Plugin, activate, active_plugin
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+_connect_lock = threading.Lock()
+_connected = False
+
+
+def install(app: Celery | None = None, **overrides: Any) -> Plugin:
+    """Record every task of `app` (publishing side and worker side).
+
+    Settings come from `overrides`, then the app's config (`flowworker_database_url`, ...),
+    then the environment (`FLOWWORKER_DATABASE_URL`, ...); see `flowworker.config`.
+    Calling it again replaces the previous settings.
+    """
+    settings = Settings.load(app.conf if app is not None else None, **overrides)
+    previous = active_plugin()
+    if previous is not None:
+        previous.recorder.close()
+    plugin = Plugin(app, settings)
+    activate(plugin)
+    if app is not None:
+        _enable_task_events(app)
+    _connect_signals()
+    return plugin
+
+
+def uninstall() -> None:
+    """Stop recording in this process (flushes what was handed over)."""
+    plugin = active_plugin()
+    activate(None)
+    if plugin is not None:
+        plugin.recorder.close()
+
+
+def _enable_task_events(app: Celery) -> None:
+    # Flower needs task events; respect a user who turned them off explicitly.
+    for key in ("worker_send_task_events", "task_send_sent_event"):
+        if key not in app.conf.changes:
+            app.conf[key] = True
+
+
+_HANDLERS = (
+    (celery_signals.before_task_publish, signals.record_task_published),
+    (celery_signals.task_prerun, signals.record_task_started),
+    (celery_signals.task_success, signals.record_task_succeeded),
+    (celery_signals.task_failure, signals.record_task_failed),
+    (celery_signals.task_retry, signals.record_task_retried),
+    (celery_signals.task_revoked, signals.record_task_revoked),
+)
+
+
+def _connect_signals() -> None:
+    global _connected
+    with _connect_lock:
+        if _connected:
+            return
+        for signal, handler in _HANDLERS:
+            signal.connect(handler, weak=False, dispatch_uid=f"flowworker.{handler.__name__}")
+        celery_signals.worker_process_shutdown.connect(
+            _close_recorder, weak=False, dispatch_uid="flowworker.close.child"
+        )
+        celery_signals.worker_shutdown.connect(
+            _close_recorder, weak=False, dispatch_uid="flowworker.close.main"
+        )
+        atexit.register(_close_recorder)
+        _connected = True
+
+
+def _close_recorder(**_: Any) -> None:
+    plugin = active_plugin()
+    if plugin is not None:
+        try:
+            plugin.recorder.close()
+        except Exception:
+            log.exception("flowworker: flushing the recorder at shutdown failed")

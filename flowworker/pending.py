@@ -1,0 +1,74 @@
+"""A report on its way to the database, with what is needed to write it anywhere later."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from persistence.hierarchy import AdHocFlowExecution
+from persistence.jsonvalue import encode_json
+from persistence.reports import TaskReport
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReport:
+    report: TaskReport
+    #: the organization whose row-level-security scope the write runs in
+    organization_id: uuid.UUID
+    #: set for tasks no flow started: the flow execution to create when it does not exist
+    ad_hoc: AdHocFlowExecution | None = None
+
+    def to_line(self, json_max_bytes: int) -> str:
+        """One JSON line for the spool; values go through the same encoder as the database."""
+        report = self.report
+        document = {
+            "flow_execution_id": str(report.flow_execution_id),
+            "task_name": report.task_name,
+            "task_execution_idx": report.task_execution_idx,
+            "status": report.status.value,
+            "at": report.at.isoformat(),
+            "input": _json(report.input, json_max_bytes),
+            "output": _json(report.output, json_max_bytes),
+            "error": _json(report.error, json_max_bytes),
+            "modified_by": report.modified_by,
+            "celery_task_id": report.celery_task_id,
+            "attempt": report.attempt,
+            "worker": report.worker,
+            "organization_id": str(self.organization_id),
+            "ad_hoc_root_id": self.ad_hoc.celery_root_id if self.ad_hoc else None,
+            "ad_hoc": self.ad_hoc is not None,
+        }
+        return json.dumps(document, separators=(",", ":"))
+
+    @classmethod
+    def from_line(cls, line: str) -> PendingReport:
+        document = json.loads(line)
+        organization_id = uuid.UUID(document["organization_id"])
+        flow_execution_id = uuid.UUID(document["flow_execution_id"])
+        report = TaskReport(
+            flow_execution_id=flow_execution_id,
+            task_name=document["task_name"],
+            task_execution_idx=document["task_execution_idx"],
+            status=document["status"],
+            at=dt.datetime.fromisoformat(document["at"]),
+            input=document["input"],
+            output=document["output"],
+            error=document["error"],
+            modified_by=document["modified_by"],
+            celery_task_id=document["celery_task_id"],
+            attempt=document["attempt"],
+            worker=document["worker"],
+        )
+        ad_hoc = (
+            AdHocFlowExecution(flow_execution_id, organization_id, document["ad_hoc_root_id"])
+            if document["ad_hoc"]
+            else None
+        )
+        return cls(report, organization_id, ad_hoc)
+
+
+def _json(value: Any, max_bytes: int) -> Any:
+    return None if value is None else json.loads(encode_json(value, max_bytes))

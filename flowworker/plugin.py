@@ -1,0 +1,56 @@
+"""The installed plugin of this process: its settings, its recorder, what it records."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from flowworker.config import Settings
+from flowworker.recorder import Notifier, Recorder
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+#: Task option that opts a task out: ``@app.task(flowworker_record=False)``.
+RECORD_OPTION = "flowworker_record"
+
+
+class Plugin:
+    def __init__(self, app: Celery | None, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.recorder = Recorder(settings, notifier_factory=make_notifier)
+
+    def should_record(self, task_name: str | None, task: Any = None) -> bool:
+        """Celery's own tasks (celery.*) and opted-out tasks are not recorded."""
+        if not task_name or task_name.startswith("celery."):
+            return False
+        if task is None and self.app is not None:
+            task = self.app.tasks.get(task_name)
+        return getattr(task, RECORD_OPTION, True) is not False
+
+
+def make_notifier(settings: Settings) -> Notifier | None:
+    if not settings.redis_url:
+        return None
+    try:
+        from flowworker.notify import StatusNotifier
+    except ImportError:  # pragma: no cover - notifications are an optional part
+        log.warning("flowworker: notifications are not available in this installation")
+        return None
+    notifier: Notifier = StatusNotifier(settings.redis_url, channel_prefix=settings.channel_prefix)
+    return notifier
+
+
+_active: Plugin | None = None
+
+
+def active_plugin() -> Plugin | None:
+    return _active
+
+
+def activate(plugin: Plugin | None) -> None:
+    global _active
+    _active = plugin

@@ -1,0 +1,215 @@
+"""Celery signal handlers: each turns one Celery event into one call of the recorder.
+
+Handlers are thin and fail-safe: any error is logged with `exc_info` and counted, never
+raised into the task (Celery would log it anyway, but a recorder must not even add noise to a
+task's own failure path).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Task
+from celery.exceptions import Retry
+
+from flowworker import identity
+from flowworker.headers import ExecutionIdentity
+from flowworker.pending import PendingReport
+from flowworker.plugin import Plugin, active_plugin
+from flowworker.redact import task_input
+from persistence.reports import TaskReport
+from persistence.status import ExecutionStatus
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def fail_safe(handler: F) -> F:
+    @functools.wraps(handler)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        plugin = active_plugin()
+        if plugin is None:
+            return
+        try:
+            handler(plugin, *args, **kwargs)
+        except Exception:
+            plugin.recorder.stats.errors += 1
+            log.exception("flowworker: %s failed; the task is not affected", handler.__name__)
+
+    return guarded  # type: ignore[return-value]
+
+
+@fail_safe
+def record_task_published(
+    plugin: Plugin,
+    sender: str | None = None,
+    body: Any = None,
+    headers: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    if headers is None or not plugin.should_record(headers.get("task") or sender):
+        return
+    assigned = identity.assign_at_publish(plugin, headers)
+    if assigned is None:
+        return
+    args, kwargs = _arguments(body)
+    report = TaskReport(
+        flow_execution_id=assigned.flow_execution_id,
+        task_name=assigned.task_name,
+        task_execution_idx=assigned.task_execution_idx,
+        status=ExecutionStatus.QUEUED,
+        input=task_input(args, kwargs, plugin.settings.redact_keys),
+        celery_task_id=headers.get("id"),
+        attempt=int(headers.get("retries") or 0),
+    )
+    plugin.recorder.record(_pending(report, assigned, headers.get("root_id")))
+
+
+@fail_safe
+def record_task_started(
+    plugin: Plugin, sender: Task | None = None, task: Task | None = None, **kwargs: Any
+) -> None:
+    task = task or sender
+    if task is None or not plugin.should_record(task.name, task):
+        return
+    request = task.request
+    assigned = identity.identity_of(plugin, request, task.name)
+    if assigned is None:
+        return
+    arguments = task_input(kwargs.get("args"), kwargs.get("kwargs"), plugin.settings.redact_keys)
+    running = _with(_report(assigned, request, ExecutionStatus.RUNNING), input=arguments)
+    # The publisher's `queued` report travels on its own and may arrive after this one; the
+    # worker states it too, just before `running`, so the record's history and the live
+    # notifications always read queued -> running -> ... in order. A repeat is a no-op.
+    published_at = assigned.published_at or time.time()
+    queued = _with(
+        running,
+        status=ExecutionStatus.QUEUED,
+        at=dt.datetime.fromtimestamp(min(published_at, time.time()), dt.UTC),
+        worker=None,
+    )
+    plugin.recorder.record(_pending(queued, assigned, request.root_id))
+    plugin.recorder.record(_pending(running, assigned, request.root_id))
+
+
+@fail_safe
+def record_task_succeeded(
+    plugin: Plugin, sender: Task | None = None, result: Any = None, **_: Any
+) -> None:
+    _record_finished(plugin, sender, ExecutionStatus.COMPLETED, output=result)
+
+
+@fail_safe
+def record_task_failed(
+    plugin: Plugin,
+    sender: Task | None = None,
+    exception: BaseException | None = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    if isinstance(exception, Retry):
+        return  # task_retry reports it
+    _record_finished(plugin, sender, ExecutionStatus.FAILED, error=error_of(exception, einfo))
+
+
+@fail_safe
+def record_task_retried(
+    plugin: Plugin,
+    sender: Task | None = None,
+    request: Any = None,
+    reason: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    """This attempt failed; the retry itself is a new execution, queued at its publish."""
+    cause = reason.exc if isinstance(reason, Retry) and reason.exc is not None else reason
+    if isinstance(cause, BaseException):
+        error = error_of(cause, einfo)
+    else:
+        error = {"message": str(reason), "type": "Retry", "traceback": ""}
+    error["retry"] = str(reason)
+    _record_finished(plugin, sender, ExecutionStatus.FAILED, error=error, request=request)
+
+
+@fail_safe
+def record_task_revoked(
+    plugin: Plugin,
+    sender: Task | None = None,
+    request: Any = None,
+    terminated: bool = False,
+    signum: Any = None,
+    expired: bool = False,
+    **_: Any,
+) -> None:
+    reason = "expired" if expired else ("terminated" if terminated else "revoked")
+    error = {
+        "message": f"task {reason}" + (f" (signal {signum})" if signum else ""),
+        "type": "Revoked",
+    }
+    _record_finished(plugin, sender, ExecutionStatus.CANCELLED, error=error, request=request)
+
+
+def _record_finished(
+    plugin: Plugin,
+    task: Task | None,
+    status: ExecutionStatus,
+    *,
+    output: Any = None,
+    error: Any = None,
+    request: Any = None,
+) -> None:
+    if task is None or not plugin.should_record(task.name, task):
+        return
+    request = request if request is not None else task.request
+    assigned = identity.identity_of(plugin, request, task.name)
+    if assigned is None:
+        return
+    report = _with(_report(assigned, request, status), output=output, error=error)
+    plugin.recorder.record(_pending(report, assigned, getattr(request, "root_id", None)))
+
+
+def _report(assigned: ExecutionIdentity, request: Any, status: ExecutionStatus) -> TaskReport:
+    return TaskReport(
+        flow_execution_id=assigned.flow_execution_id,
+        task_name=assigned.task_name,
+        task_execution_idx=assigned.task_execution_idx,
+        status=status,
+        celery_task_id=getattr(request, "id", None),
+        attempt=int(getattr(request, "retries", 0) or 0),
+        worker=getattr(request, "hostname", None),
+    )
+
+
+def _with(report: TaskReport, **changes: Any) -> TaskReport:
+    from dataclasses import replace
+
+    return replace(report, **changes)
+
+
+def _pending(report: TaskReport, assigned: ExecutionIdentity, root_id: str | None) -> PendingReport:
+    ad_hoc = identity.ad_hoc_flow_execution(assigned, root_id)
+    return PendingReport(report, assigned.organization_id, ad_hoc)
+
+
+def _arguments(body: Any) -> tuple[Any, Any]:
+    # task protocol 2: (args, kwargs, embed); protocol 1: a dict
+    if isinstance(body, tuple | list) and len(body) == 3:
+        return body[0], body[1]
+    if isinstance(body, dict):
+        return body.get("args"), body.get("kwargs")
+    return None, None
+
+
+def error_of(exception: BaseException | None, einfo: Any) -> dict[str, Any]:
+    """The spec's error structure: {message, type, traceback}."""
+    return {
+        "message": str(exception) if exception is not None else "unknown error",
+        "type": type(exception).__name__ if exception is not None else "Error",
+        "traceback": str(getattr(einfo, "traceback", "") or ""),
+    }
