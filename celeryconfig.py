@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 
+# Loading this configuration is all it takes to record every task (publisher and worker).
+import flowworker.autoinstall  # noqa: F401
+
 broker_url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 result_backend = os.environ.get("CELERY_RESULT_BACKEND") or None
 
@@ -19,6 +22,10 @@ enable_utc = True
 worker_send_task_events = True
 task_send_sent_event = True
 
-flowworker_database_url = os.environ.get("FLOWWORKER_DATABASE_URL")
-flowworker_redis_url = os.environ.get("FLOWWORKER_REDIS_URL")
-flowworker_organization = os.environ.get("FLOWWORKER_ORGANIZATION")
+broker_connection_retry_on_startup = True
+# a worker fetches one message per process at a time: fair for long tasks, and a task a
+# killed worker held goes back to the queue sooner
+worker_prefetch_multiplier = 1
+
+# flowworker's own settings are read from FLOWWORKER_* environment variables; setting
+# flowworker_database_url etc. here would override them.
