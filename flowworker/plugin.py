@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flowworker.config import Settings
+from flowworker.pending import PendingReport
 from flowworker.recorder import Notifier, Recorder
 
 if TYPE_CHECKING:
@@ -22,6 +24,20 @@ class Plugin:
         self.app = app
         self.settings = settings
         self.recorder = Recorder(settings, notifier_factory=make_notifier)
+        #: called with each terminal report once it is durable (committed or spooled), in
+        #: the process that recorded it; e.g. flows advance from here. Errors are logged.
+        self.terminal_listeners: list[Callable[[PendingReport], None]] = []
+
+    def add_terminal_listener(self, listener: Callable[[PendingReport], None]) -> None:
+        if listener not in self.terminal_listeners:
+            self.terminal_listeners.append(listener)
+
+    def announce_terminal(self, item: PendingReport) -> None:
+        for listener in list(self.terminal_listeners):
+            try:
+                listener(item)
+            except Exception:
+                log.exception("flowworker: terminal listener %r failed", listener)
 
     def should_record(self, task_name: str | None, task: Any = None) -> bool:
         """Celery's own tasks (celery.*) and opted-out tasks are not recorded."""

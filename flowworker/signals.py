@@ -171,7 +171,9 @@ def _record_finished(
     if assigned is None:
         return
     report = _with(_report(assigned, request, status), output=output, error=error)
-    plugin.recorder.record(_pending(report, assigned, getattr(request, "root_id", None)))
+    item = _pending(report, assigned, getattr(request, "root_id", None))
+    plugin.recorder.record(item)  # returns once durable
+    plugin.announce_terminal(item)
 
 
 def _report(assigned: ExecutionIdentity, request: Any, status: ExecutionStatus) -> TaskReport:
