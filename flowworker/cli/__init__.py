@@ -19,6 +19,8 @@ COMMANDS = {
     "demo": "flowworker.cli.demo:demo",
     "executions": "flowworker.cli.executions:executions",
     "flow-executions": "flowworker.cli.flow_executions:flow_executions",
+    "keys": "flowworker.cli.keys:keys",
+    "serve": "flowworker.cli.serve:serve",
     "watch": "flowworker.cli.watch:watch",
 }
 

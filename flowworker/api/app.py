@@ -1,0 +1,100 @@
+"""The ASGI application: `create_app(settings)`, or `create_app_from_environment()` for
+`uvicorn --factory` (what `flowworker serve` runs in each worker process)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from flowworker.api.auth import KeyVerifier
+from flowworker.api.errors import install_error_handlers
+from flowworker.api.request_id import RequestIdMiddleware
+from flowworker.api.routes import flow_executions, health, stream, task_executions
+from flowworker.api.state import ApiState, ChangePublisher
+from flowworker.config import Settings
+from flowworker.notify import StatusNotifier
+from persistence.database import create_database_engine
+
+DEFAULT_POOL_SIZE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ApiOptions:
+    #: database connections per server process; requests beyond it wait for one
+    pool_size: int = DEFAULT_POOL_SIZE
+    #: how long a verified API key is trusted without asking the database again
+    key_cache_seconds: float = 5.0
+    #: mount `POST /_bench/bare` (no database work), the benchmark's baseline
+    bare_endpoint: bool = False
+
+
+def create_app(
+    settings: Settings | None = None,
+    options: ApiOptions | None = None,
+    *,
+    engine: Engine | None = None,
+    notifier: ChangePublisher | None = None,
+) -> FastAPI:
+    """The HTTP API over `settings.database_url`, notifying on `settings.redis_url` (if set).
+
+    `engine` and `notifier`, when given, are used as they are and left open at shutdown.
+    """
+    settings = settings or Settings.load()
+    options = options or ApiOptions()
+    owns_engine = engine is None
+    engine = engine or create_database_engine(
+        settings.database_url, json_max_bytes=settings.json_max_bytes, pool_size=options.pool_size
+    )
+    owns_notifier = notifier is None and settings.redis_url is not None
+    if owns_notifier and settings.redis_url is not None:
+        notifier = StatusNotifier(settings.redis_url, settings.channel_prefix)
+    state = ApiState(
+        settings=settings,
+        engine=engine,
+        key_verifier=KeyVerifier(engine, options.key_cache_seconds),
+        notifier=notifier,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_notifier and state.notifier is not None:
+            state.notifier.close()
+        if owns_engine:
+            state.engine.dispose()
+
+    app = FastAPI(
+        title="flowworker",
+        summary="The history of every Celery task execution, and its live status.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.flowworker = state
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    for router in (
+        task_executions.router,
+        flow_executions.router,
+        health.router,
+        stream.router,
+    ):
+        app.include_router(router)
+    if options.bare_endpoint:
+        app.include_router(health.bare_router)
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """Settings from `FLOWWORKER_*` variables; `FLOWWORKER_API_BARE_ENDPOINT=1` mounts the
+    benchmark's baseline endpoint and `FLOWWORKER_API_POOL_SIZE` sizes the pool."""
+    import os
+
+    options = ApiOptions(
+        pool_size=int(os.environ.get("FLOWWORKER_API_POOL_SIZE", DEFAULT_POOL_SIZE)),
+        bare_endpoint=os.environ.get("FLOWWORKER_API_BARE_ENDPOINT") == "1",
+    )
+    return create_app(Settings.load(), options)
