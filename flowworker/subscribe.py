@@ -107,6 +107,7 @@ class Subscription:
         self._last_healthy = dt.datetime.now(dt.UTC)
         self._catch_up_pending = catch_up_since is not None
         self._catch_up_from = catch_up_since
+        self._catch_up_retry_at = 0.0
         self._connect()
 
     @property
@@ -128,6 +129,9 @@ class Subscription:
                     time.sleep(min(wait, remaining))
                     continue
                 self._connect()
+                continue
+            if self._catch_up_pending and time.monotonic() >= self._catch_up_retry_at:
+                self._catch_up()
                 continue
             notification = self._receive_live(min(remaining, 1.0))
             if notification is not None and self._latest.is_newer(notification):
@@ -231,7 +235,10 @@ class Subscription:
                     limit=self._catch_up_limit,
                 )
         except SQLAlchemyError as exc:
-            log.warning("cannot catch up %s from the database: %s", self.channel, exc)
+            # Keep live notifications flowing meanwhile; retry, or a final status is lost.
+            log.warning("cannot catch up %s from the database yet: %s", self.channel, exc)
+            self._catch_up_pending = True
+            self._catch_up_retry_at = time.monotonic() + self._reconnect_delay_max
             return
         if len(found) >= self._catch_up_limit:
             log.warning(

@@ -13,8 +13,10 @@ from sqlalchemy import Engine
 from flowworker.notification import Notification
 from flowworker.notify import StatusNotifier
 from flowworker.subscribe import Subscription, subscribe
+from persistence.database import create_database_engine
 from persistence.status import ExecutionStatus
 from tests.flowworker.notify_support import (
+    free_port,
     record,
     reports_for,
     running_redis_server,
@@ -208,3 +210,23 @@ def test_an_organization_catch_up_reads_only_that_organization(engine: Engine) -
         assert live.receive(timeout=0.5) is None
     assert {n.flow_execution_id for n in caught_up} == {flow_execution_id}
     assert uuid.UUID(str(caught_up[0].organization_id)) == organization_id
+
+
+def test_an_unreachable_database_does_not_stop_live_notifications(pg_engine: Engine) -> None:
+    url, prefix = shared_redis_url(), unique_prefix()
+    organization_id, flow_execution_id = make_flow_execution(pg_engine)
+    nowhere = create_database_engine(f"postgresql://root@127.0.0.1:{free_port()}/nothing")
+    notifier = StatusNotifier(url, prefix)
+    with subscribe(
+        url,
+        organization_id,
+        flow_execution_id,
+        engine=nowhere,
+        channel_prefix=prefix,
+        catch_up_since=EPOCH,  # a catch-up that fails, and is retried later
+    ) as live:
+        notifier.publish_changes(record(pg_engine, reports_for(flow_execution_id, QUEUED, 1)))
+        notifier.close()
+        [notification] = take(live, 1)
+    nowhere.dispose()
+    assert (notification.status, notification.catch_up) == (QUEUED, False)
