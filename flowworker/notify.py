@@ -138,8 +138,6 @@ class StatusNotifier:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_WAKE_UP)
         thread.join(timeout)
-        if self._queue.qsize():
-            log.warning("notifier closed with %d notifications unpublished", self._queue.qsize())
 
     def _count_drop(self) -> None:
         with self._lock:
@@ -209,9 +207,22 @@ class StatusNotifier:
                     with self._lock:
                         self._dropped += len(pending)
                     pending, self._in_flight = [], 0
+            self._drop_unpublished(pending)
             self._log_drops(drops_logged, last_drop_log, force=True)
         finally:
             publisher.close()
+
+    def _drop_unpublished(self, pending: list[UpsertResult]) -> None:
+        """Closed before everything went out (Redis unreachable until the deadline)."""
+        left = len(pending)
+        with contextlib.suppress(queue.Empty):
+            while True:
+                left += self._queue.get_nowait() is not _WAKE_UP
+        self._in_flight = 0
+        if left:
+            with self._lock:
+                self._dropped += left
+            log.warning("notifier closed with %d notifications unpublished", left)
 
     def _must_stop(self, pending: list[UpsertResult]) -> bool:
         if not self._stopping.is_set():
