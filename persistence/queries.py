@@ -10,6 +10,9 @@ this key", so inserts between pages never shift a row onto the next page or off 
 page 200 costs what page 1 costs. `created_at` never changes after the insert.
 Soft-deleted records (status `deleted`) are left out of listings unless asked for; a lookup
 by id returns a record whatever its status.
+
+The SQL lives in `persistence.statements`; `persistence.compiled` runs it (on PostgreSQL
+without SQLAlchemy's per-call result machinery, see there).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, Select, Uuid, literal, select, tuple_
-from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy import Connection
 
+from persistence import statements
+from persistence.compiled import fetch_rows
 from persistence.errors import (
     InvalidCursor,
     InvalidQuery,
@@ -27,13 +31,6 @@ from persistence.errors import (
     UnknownTaskExecution,
 )
 from persistence.filters import Order, TaskExecutionFilter, decode_cursor, encode_cursor
-from persistence.models import (
-    Base,
-    FlowExecution,
-    TaskExecution,
-    TaskExecutionEvent,
-    UTCDateTime,
-)
 from persistence.records import (
     FlowExecutionRecord,
     Page,
@@ -46,72 +43,14 @@ from persistence.status import ExecutionStatus
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 
-_te = Base.metadata.tables[TaskExecution.__tablename__]
-_fe = Base.metadata.tables[FlowExecution.__tablename__]
-_events = Base.metadata.tables[TaskExecutionEvent.__tablename__]
-
-# Selected in the records' field order, so a row unpacks straight into a record.
-_TE_COLUMNS = tuple(_te.c[name] for name in TaskExecutionRecord.__dataclass_fields__)
+_STATUSES = {status.value: status for status in ExecutionStatus}  # cheaper than the Enum call
 _STATUS_POSITION = list(TaskExecutionRecord.__dataclass_fields__).index("status")
-_FE_COLUMNS = tuple(
-    _fe.c[name]
-    for name in FlowExecutionRecord.__dataclass_fields__
-    if name not in ("summary", "task_executions")
-)
-_EVENT_COLUMNS = tuple(_events.c[name] for name in StatusChangeRecord.__dataclass_fields__)
-
-
-# -- task executions ---------------------------------------------------------------------
 
 
 def _task_record(row: Any) -> TaskExecutionRecord:
     values = list(row)
-    values[_STATUS_POSITION] = ExecutionStatus(values[_STATUS_POSITION])
+    values[_STATUS_POSITION] = _STATUSES[values[_STATUS_POSITION]]
     return TaskExecutionRecord(*values)
-
-
-def _visible(statuses: frozenset[ExecutionStatus], include_deleted: bool) -> list[Any]:
-    if len(statuses) == 1:  # `=` keeps the SQL string fixed; IN (...) is re-rendered per call
-        (status,) = statuses
-        return [_te.c.status == status.value]
-    if statuses:
-        return [_te.c.status.in_([status.value for status in sorted(statuses)])]
-    if include_deleted:
-        return []
-    return [_te.c.status != ExecutionStatus.DELETED.value]
-
-
-def _conditions(organization_id: uuid.UUID, query: TaskExecutionFilter) -> list[Any]:
-    conditions = [_te.c.organization_id == organization_id]
-    conditions += _visible(query.statuses, query.include_deleted)
-    equal = {
-        _te.c.flow_execution_id: query.flow_execution_id,
-        _te.c.task_name: query.task_name,
-        _te.c.celery_task_id: query.celery_task_id,
-    }
-    conditions += [column == value for column, value in equal.items() if value is not None]
-    bounds = (
-        (_te.c.created_at, query.created_after, query.created_before),
-        (_te.c.updated_at, query.updated_after, query.updated_before),
-    )
-    for column, low, high in bounds:
-        if low is not None:
-            conditions.append(column >= low)
-        if high is not None:
-            conditions.append(column < high)
-    return conditions
-
-
-def _after_cursor(query: TaskExecutionFilter, cursor: str) -> ColumnElement[bool]:
-    order, created_at, task_execution_id = decode_cursor(cursor)
-    if order is not query.order:
-        raise InvalidCursor(
-            f"this cursor continues a {order.value}-first listing, "
-            f"not a {query.order.value}-first one"
-        )
-    key = tuple_(_te.c.created_at, _te.c.id)
-    after = tuple_(literal(created_at, UTCDateTime()), literal(task_execution_id, Uuid()))
-    return key < after if order is Order.NEWEST else key > after
 
 
 def fetch_task_executions(
@@ -125,37 +64,44 @@ def fetch_task_executions(
     query = query or TaskExecutionFilter()
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidQuery(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {limit!r}")
-    conditions = _conditions(organization_id, query)
-    if cursor is not None:
-        conditions.append(_after_cursor(query, cursor))
-    if query.order is Order.NEWEST:
-        ordering = (_te.c.created_at.desc(), _te.c.id.desc())
-    else:
-        ordering = (_te.c.created_at.asc(), _te.c.id.asc())
     # one row more than asked tells whether another page exists, without a COUNT
-    statement = select(*_TE_COLUMNS).where(*conditions).order_by(*ordering).limit(limit + 1)
-    items = tuple(_task_record(row) for row in connection.execute(statement))
-    if len(items) <= limit:
-        return Page(items=items, next_cursor=None)
-    last = items[limit - 1]
-    return Page(
-        items=items[:limit], next_cursor=encode_cursor(query.order, last.created_at, last.id)
+    parameters: dict[str, Any] = {"organization_id": organization_id, "limit": limit + 1}
+    for name in statements.OPTIONAL_FILTERS:
+        value = getattr(query, name)
+        if value is not None:
+            parameters[name] = value
+    if cursor is not None:
+        order, parameters["after_created_at"], parameters["after_id"] = decode_cursor(cursor)
+        if order is not query.order:
+            raise InvalidCursor(
+                f"this cursor continues a {order.value}-first listing, "
+                f"not a {query.order.value}-first one"
+            )
+    statement = statements.listing_statement(
+        tuple(name for name in statements.OPTIONAL_FILTERS if name in parameters),
+        tuple(sorted(status.value for status in query.statuses)),
+        query.include_deleted,
+        query.order,
+        cursor is not None,
     )
-
-
-_BY_ID: Select[Any] = select(*_TE_COLUMNS)
+    rows = fetch_rows(connection, statement, parameters)
+    items = tuple([_task_record(row) for row in rows[:limit]])
+    if len(rows) <= limit:
+        return Page(items=items, next_cursor=None)
+    last = items[-1]
+    return Page(items=items, next_cursor=encode_cursor(query.order, last.created_at, last.id))
 
 
 def fetch_task_execution(
     connection: Connection, organization_id: uuid.UUID, task_execution_id: uuid.UUID
 ) -> TaskExecutionRecord:
     """The task execution with this id, whatever its status; `UnknownTaskExecution` if none."""
-    row = connection.execute(
-        _BY_ID.where(_te.c.organization_id == organization_id, _te.c.id == task_execution_id)
-    ).first()
-    if row is None:
+    rows = fetch_rows(
+        connection, statements.BY_ID, {"organization_id": organization_id, "id": task_execution_id}
+    )
+    if not rows:
         raise UnknownTaskExecution(f"no task execution {task_execution_id} in this organization")
-    return _task_record(row)
+    return _task_record(rows[0])
 
 
 def fetch_task_attempts(
@@ -170,17 +116,13 @@ def fetch_task_attempts(
 
     Empty when the task never ran there (that is an answer, not an error).
     """
-    statement = (
-        select(*_TE_COLUMNS)
-        .where(
-            _te.c.organization_id == organization_id,
-            _te.c.flow_execution_id == flow_execution_id,
-            _te.c.task_name == task_name,
-            *_visible(frozenset(), include_deleted),
-        )
-        .order_by(_te.c.task_execution_idx)
-    )
-    return tuple(_task_record(row) for row in connection.execute(statement))
+    parameters = {
+        "organization_id": organization_id,
+        "flow_execution_id": flow_execution_id,
+        "task_name": task_name,
+    }
+    rows = fetch_rows(connection, statements.ATTEMPTS[include_deleted], parameters)
+    return tuple([_task_record(row) for row in rows])
 
 
 # -- flow executions and history ---------------------------------------------------------
@@ -194,25 +136,14 @@ def fetch_flow_execution(
     include_deleted: bool = False,
 ) -> FlowExecutionRecord:
     """A flow execution, its task executions and their summary; `UnknownFlowExecution` if none."""
-    row = connection.execute(
-        select(*_FE_COLUMNS).where(
-            _fe.c.organization_id == organization_id, _fe.c.id == flow_execution_id
-        )
-    ).first()
-    if row is None:
+    parameters = {"organization_id": organization_id, "flow_execution_id": flow_execution_id}
+    found = fetch_rows(connection, statements.FLOW_EXECUTION, parameters)
+    if not found:
         raise UnknownFlowExecution(f"no flow execution {flow_execution_id} in this organization")
-    tasks_statement = (
-        select(*_TE_COLUMNS)
-        .where(
-            _te.c.organization_id == organization_id,
-            _te.c.flow_execution_id == flow_execution_id,
-            *_visible(frozenset(), include_deleted),
-        )
-        .order_by(_te.c.created_at, _te.c.task_name, _te.c.task_execution_idx)
-    )
-    tasks = tuple(_task_record(task) for task in connection.execute(tasks_statement))
-    values = row._asdict()
-    values["status"] = ExecutionStatus(values["status"])
+    rows = fetch_rows(connection, statements.FLOW_TASKS[include_deleted], parameters)
+    tasks = tuple([_task_record(task) for task in rows])
+    values = dict(zip(statements.FE_NAMES, found[0], strict=True))
+    values["status"] = _STATUSES[values["status"]]
     return FlowExecutionRecord(**values, summary=summarize(tasks), task_executions=tasks)
 
 
@@ -220,27 +151,17 @@ def fetch_status_history(
     connection: Connection, organization_id: uuid.UUID, task_execution_id: uuid.UUID
 ) -> tuple[StatusChangeRecord, ...]:
     """Every status the task execution entered, oldest first; `UnknownTaskExecution` if none."""
-    statement = (
-        select(*_EVENT_COLUMNS)
-        .where(
-            _events.c.organization_id == organization_id,
-            _events.c.task_execution_id == task_execution_id,
-        )
-        .order_by(_events.c.id)
-    )
-    changes = tuple(
-        StatusChangeRecord(
-            **{
-                **row._asdict(),
-                "from_status": row.from_status and ExecutionStatus(row.from_status),
-                "to_status": ExecutionStatus(row.to_status),
-            }
-        )
-        for row in connection.execute(statement)
-    )
+    parameters = {"organization_id": organization_id, "task_execution_id": task_execution_id}
+    changes = []
+    for row in fetch_rows(connection, statements.HISTORY, parameters):
+        values = dict(zip(statements.EVENT_NAMES, row, strict=True))
+        from_status = values["from_status"]
+        values["from_status"] = None if from_status is None else _STATUSES[from_status]
+        values["to_status"] = _STATUSES[values["to_status"]]
+        changes.append(StatusChangeRecord(**values))
     if not changes:
         fetch_task_execution(connection, organization_id, task_execution_id)  # raises if unknown
-    return changes
+    return tuple(changes)
 
 
 __all__ = [
