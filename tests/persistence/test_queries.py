@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import pytest
 from sqlalchemy import Engine
 
+from persistence import statements
+from persistence.compiled import fetch_rows
 from persistence.database import transaction
 from persistence.errors import (
     InvalidCursor,
@@ -428,3 +430,27 @@ def test_cursor_round_trips_through_a_listing(engine: Engine) -> None:
     after = listing(engine, organization_id, TaskExecutionFilter(order=Order.OLDEST), cursor=cursor)
     assert row.id not in ids(after.items)
     assert len(after.items) == 4  # all five share created_at: the rest sort after the smallest id
+
+
+def test_postgres_fast_path_reads_what_sqlalchemy_reads(pg_engine: Engine) -> None:
+    organization_id, flow_execution_id = new_flow_execution(pg_engine)
+    record(
+        pg_engine,
+        organization_id,
+        TaskReport(flow_execution_id, "t", 0, S.QUEUED, input={"a": [1, "x", None]}),
+        TaskReport(flow_execution_id, "t", 0, S.FAILED, error=BOOM, worker="w"),
+    )
+    statement = statements.ATTEMPTS[False]
+    parameters = {
+        "organization_id": organization_id,
+        "flow_execution_id": flow_execution_id,
+        "task_name": "t",
+    }
+    with transaction(pg_engine, organization_id) as connection:
+        fast = fetch_rows(connection, statement, parameters)
+        ordinary = connection.execute(statement, parameters).all()
+    assert [tuple(row) for row in fast] == [tuple(row) for row in ordinary]
+    (row,) = fast
+    assert isinstance(row[0], uuid.UUID)
+    assert row[10].tzinfo is not None  # created_at
+    assert row[6] == {"a": [1, "x", None]}
