@@ -22,26 +22,35 @@ class PendingReport:
     ad_hoc: AdHocFlowExecution | None = None
 
     def to_line(self, json_max_bytes: int) -> str:
-        """One JSON line for the spool; values go through the same encoder as the database."""
+        """One JSON line for the journal; values go through the database's own encoder,
+        spliced in as text so that nothing is serialized twice."""
         report = self.report
-        document = {
-            "flow_execution_id": str(report.flow_execution_id),
-            "task_name": report.task_name,
-            "task_execution_idx": report.task_execution_idx,
-            "status": report.status.value,
-            "at": report.at.isoformat(),
-            "input": _json(report.input, json_max_bytes),
-            "output": _json(report.output, json_max_bytes),
-            "error": _json(report.error, json_max_bytes),
-            "modified_by": report.modified_by,
-            "celery_task_id": report.celery_task_id,
-            "attempt": report.attempt,
-            "worker": report.worker,
-            "organization_id": str(self.organization_id),
-            "ad_hoc_root_id": self.ad_hoc.celery_root_id if self.ad_hoc else None,
-            "ad_hoc": self.ad_hoc is not None,
-        }
-        return json.dumps(document, separators=(",", ":"))
+        scalars = json.dumps(
+            {
+                "flow_execution_id": str(report.flow_execution_id),
+                "task_name": report.task_name,
+                "task_execution_idx": report.task_execution_idx,
+                "status": report.status.value,
+                "at": report.at.isoformat(),
+                "modified_by": report.modified_by,
+                "celery_task_id": report.celery_task_id,
+                "attempt": report.attempt,
+                "worker": report.worker,
+                "organization_id": str(self.organization_id),
+                "ad_hoc": self.ad_hoc is not None,
+                "ad_hoc_root_id": self.ad_hoc.celery_root_id if self.ad_hoc else None,
+            },
+            separators=(",", ":"),
+        )
+        values = ",".join(
+            f'"{name}":{_json(value, json_max_bytes)}'
+            for name, value in (
+                ("input", report.input),
+                ("output", report.output),
+                ("error", report.error),
+            )
+        )
+        return f"{scalars[:-1]},{values}}}"
 
     @classmethod
     def from_line(cls, line: str) -> PendingReport:
@@ -70,5 +79,5 @@ class PendingReport:
         return cls(report, organization_id, ad_hoc)
 
 
-def _json(value: Any, max_bytes: int) -> Any:
-    return None if value is None else json.loads(encode_json(value, max_bytes))
+def _json(value: Any, max_bytes: int) -> str:
+    return "null" if value is None else encode_json(value, max_bytes)

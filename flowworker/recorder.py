@@ -1,14 +1,12 @@
 """Writes the reports of one process to the database, never in a task's way.
 
-One writer thread per process owns every database write, in report order:
-
-* non-terminal reports (queued, running) are batched: written within `batch_delay`, or with
-  the next terminal report, in one transaction;
-* a terminal report (completed, failed, cancelled) is durable before `record` returns: the
-  caller waits until its batch is committed, or, when the database is down or slow
-  (`durable_timeout`), until the report is fsync'ed into the local spool;
-* while the spool holds anything, new reports queue behind it, and the writer replays the
-  spool, in order, as soon as the database answers again.
+A signal handler's whole cost is `record`: append the report to this process's journal
+(`flowworker.journal`; it survives the process being killed) and to an in-memory queue.
+One writer thread per process then writes the queue in batches, in report order, one
+transaction per organization, and advances the journal's committed offset after each
+commit. When the database is down or hangs, nothing waits for it: reports keep going into
+the journal, and the writer replays the journal, in order, once the database answers again.
+Journals left by killed processes are adopted and replayed by whoever finds them.
 
 Nothing here raises into a task: errors are logged with context and counted in `stats`.
 Connections and the thread are made per process, after fork (Celery's prefork pool).
@@ -21,16 +19,16 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from flowworker.config import Settings
+from flowworker.journal import Journal, JournalFull
 from flowworker.pending import PendingReport
-from flowworker.spool import Spool
 from persistence.database import create_database_engine, transaction
 from persistence.errors import FlowworkerError, UnknownFlowExecution
 from persistence.hierarchy import (
@@ -45,6 +43,9 @@ from persistence.upsert import upsert_task_executions
 log = logging.getLogger(__name__)
 
 _KNOWN_FLOW_EXECUTIONS_MAX = 50_000
+#: reports kept in memory beyond this are read back from the journal instead
+_MEMORY_QUEUE_MAX = 20_000
+_RETRY_DELAY = 1.0
 
 
 class Notifier(Protocol):
@@ -53,18 +54,13 @@ class Notifier(Protocol):
 
 @dataclass
 class RecorderStats:
+    recorded: int = 0
     written: int = 0
-    spooled: int = 0
     rejected: int = 0
+    lost: int = 0
     errors: int = 0
     last_write_at: float | None = None
     last_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class _Waiter:
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Recorder:
@@ -75,16 +71,15 @@ class Recorder:
         notifier_factory: Callable[[Settings], Notifier | None] | None = None,
         batch_delay: float = 0.02,
         batch_size: int = 500,
-        durable_timeout: float = 2.0,
     ) -> None:
         self.settings = settings
         self.batch_delay = batch_delay
         self.batch_size = batch_size
-        self.durable_timeout = durable_timeout
         self.stats = RecorderStats()
         self._notifier_factory = notifier_factory
         self._pid: int | None = None
         self._init_lock = threading.Lock()
+        self._engine: Engine | None = None
 
     # -- per-process state, made lazily so that a fork gets its own ---------------------
 
@@ -94,23 +89,29 @@ class Recorder:
         with self._init_lock:
             if self._pid == os.getpid():
                 return
-            self._engine: Engine = create_database_engine(
+            if self._engine is not None:
+                # inherited across fork: let go of the parent's connections without
+                # closing them under the parent's feet
+                self._engine.dispose(close=False)
+            self._engine = create_database_engine(
                 self.settings.database_url,
                 json_max_bytes=self.settings.json_max_bytes,
                 pool_size=2,
             )
-            self._spool = Spool(
+            self._journal = Journal(
                 self.settings.spool_dir, json_max_bytes=self.settings.json_max_bytes
             )
             self._notifier = (
                 self._notifier_factory(self.settings) if self._notifier_factory else None
             )
-            self._queue: list[tuple[PendingReport, _Waiter | None]] = []
+            self._queue: list[tuple[PendingReport, int]] = []
             self._queue_lock = threading.Condition()
-            self._busy_since: float | None = None
+            self._replaying = False  # the journal, not the queue, is the source of truth
+            self._overflow = False  # reports went to the journal only (memory queue full)
             self._known_flow_executions: dict[uuid.UUID, None] = {}
             self._organization_id: uuid.UUID | None = None
             self._stopping = False
+            self._idle = threading.Event()
             self.stats = RecorderStats()
             self._thread = threading.Thread(
                 target=self._run, name="flowworker-recorder", daemon=True
@@ -121,33 +122,34 @@ class Recorder:
     @property
     def engine(self) -> Engine:
         self._ensure_process()
+        assert self._engine is not None
         return self._engine
 
     # -- what signal handlers call --------------------------------------------------------
 
     def record(self, item: PendingReport) -> None:
-        """Hand a report over. Terminal reports return once durable (bounded wait)."""
+        """Hand a report over: journaled (safe from a crash of this process) on return."""
         self._ensure_process()
-        durable = item.report.status.is_terminal
-        waiter = _Waiter() if durable else None
         with self._queue_lock:
-            self._queue.append((item, waiter))
-            if durable or len(self._queue) >= self.batch_size:
+            try:
+                offset = self._journal.append(item)
+            except (JournalFull, OSError) as exc:
+                self.stats.lost += 1
+                self._note_error("report lost: the journal cannot take it", exc)
+                return
+            self.stats.recorded += 1
+            if len(self._queue) < _MEMORY_QUEUE_MAX:
+                self._queue.append((item, offset))
+            else:
+                self._overflow = True  # the writer reads it back from the journal
+            if item.report.status.is_terminal or len(self._queue) >= self.batch_size:
                 self._queue_lock.notify()
-        if waiter is None:
-            return
-        busy_since = self._busy_since
-        stuck = busy_since is not None and time.monotonic() - busy_since > self.durable_timeout
-        if stuck or not waiter.done.wait(self.durable_timeout):
-            # The database hangs (or the writer is stuck on it): make the report durable
-            # here. The writer still writes it later; a repeated report is a no-op.
-            self._spool_items([item], reason="database did not answer in time")
 
     def default_organization_id(self) -> uuid.UUID:
         """The organization of tasks no flow started (created on first use)."""
         self._ensure_process()
         if self._organization_id is None:
-            with transaction(self._engine) as connection:
+            with transaction(self.engine) as connection:
                 self._organization_id = ensure_organization(connection, self.settings.organization)
         return self._organization_id
 
@@ -162,7 +164,7 @@ class Recorder:
     ) -> int:
         """The next task_execution_idx of `task_name` in the flow execution (one round trip)."""
         self._ensure_process()
-        with transaction(self._engine, organization_id) as connection:
+        with transaction(self.engine, organization_id) as connection:
             if ad_hoc is not None and ad_hoc.id not in self._known_flow_executions:
                 ensure_flow_executions(connection, [ad_hoc])
             idx = allocate_task_execution_idx(
@@ -173,80 +175,104 @@ class Recorder:
         return idx
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Write everything handed over so far; True when it is durable within `timeout`."""
+        """Wait until everything recorded so far is in the database (True) or `timeout`."""
         if self._pid != os.getpid():
             return True
-        waiter = _Waiter()
-        with self._queue_lock:
-            self._queue.append((_FLUSH, waiter))
-            self._queue_lock.notify()
-        return waiter.done.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while self._journal.backlog():
+            with self._queue_lock:
+                self._queue_lock.notify()
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def close(self, timeout: float = 10.0) -> None:
         if self._pid != os.getpid():
             return
-        self.flush(timeout)
+        flushed = self.flush(timeout)
         self._stopping = True
         with self._queue_lock:
             self._queue_lock.notify()
-        self._spool.close()
+        self._thread.join(timeout=2.0)
+        self._journal.close()
+        if not flushed:
+            log.warning(
+                "flowworker: %d bytes of reports are still in the journal in %s; the next "
+                "process to start replays them",
+                self._journal.backlog(),
+                self.settings.spool_dir,
+            )
 
     def backlog(self) -> int:
+        """Bytes of reports recorded but not yet in the database."""
         self._ensure_process()
-        return self._spool.count_backlog()
+        return self._journal.backlog()
 
     # -- the writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         retry_at = 0.0
-        while not self._stopping:
+        while True:
             batch = self._take_batch()
+            if self._stopping and not batch and not self._replaying:
+                return
+            if time.monotonic() < retry_at:
+                time.sleep(min(0.2, retry_at - time.monotonic()))
+                continue
             try:
-                if self._spool.has_backlog():
-                    if batch:
-                        self._spool_items([item for item, _ in batch], reason=None)
-                    if time.monotonic() >= retry_at:
-                        self._busy_since = time.monotonic()
-                        self._spool.drain(self._write)
-                        retry_at = 0.0
+                if self._replaying or self._overflow:
+                    self._replaying = True
+                    self._replay_journal()
                 elif batch:
-                    self._busy_since = time.monotonic()
-                    self._write_or_spool([item for item, _ in batch])
-            except (OperationalError, DBAPIError) as exc:
-                retry_at = time.monotonic() + 2.0
-                self._note_error("database unavailable, replaying the spool later", exc)
+                    self._write([item for item, _ in batch])
+                    self._journal.commit(batch[-1][1])
+                else:
+                    self._journal.replay_orphans(self._write)
+                retry_at = 0.0
+            except DBAPIError as exc:
+                if not self._replaying:
+                    self._note_error("database unavailable; reports wait in the journal", exc)
+                self._replaying = True
+                retry_at = time.monotonic() + _RETRY_DELAY
             except Exception as exc:  # never let the writer die
-                retry_at = time.monotonic() + 2.0
+                self._replaying = True
+                retry_at = time.monotonic() + _RETRY_DELAY
                 self._note_error("unexpected error in the recorder", exc, exc_info=True)
-            finally:
-                self._busy_since = None
-                for _, waiter in batch:
-                    if waiter is not None:
-                        waiter.done.set()
 
-    def _take_batch(self) -> list[tuple[PendingReport, _Waiter | None]]:
+    def _take_batch(self) -> list[tuple[PendingReport, int]]:
         with self._queue_lock:
-            if not self._queue:
+            if not self._queue and not self._stopping:
                 self._queue_lock.wait(1.0)
-            elif not any(waiter for _, waiter in self._queue):
-                # only non-terminal reports: give a terminal one a moment to join them
+            elif not self._stopping and not any(
+                item.report.status.is_terminal for item, _ in self._queue
+            ):
+                # only non-terminal reports: give the terminal ones a moment to join them
                 self._queue_lock.wait(self.batch_delay)
-            batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
-        return batch
+            batch = self._queue[: self.batch_size]
+            del self._queue[: self.batch_size]
+        committed = self._journal.committed
+        return [(item, offset) for item, offset in batch if offset > committed]
 
-    def _write_or_spool(self, items: list[PendingReport]) -> None:
-        items = [item for item in items if item is not _FLUSH]
-        if not items:
-            return
-        try:
-            self._write(items)
-        except (OperationalError, DBAPIError) as exc:
-            self._note_error("database unavailable; keeping reports in the spool", exc)
-            self._spool_items(items, reason=None)
+    def _replay_journal(self) -> None:
+        """Write the journal from its committed offset on; back to normal once caught up."""
+        while True:
+            items = self._journal.read_uncommitted(self.batch_size)
+            if not items:
+                break
+            self._write([item for item, _ in items])
+            self._journal.commit(items[-1][1])
+        with self._queue_lock:
+            committed = self._journal.committed
+            self._queue = [(item, offset) for item, offset in self._queue if offset > committed]
+            if self._overflow:  # more went to the journal only meanwhile: another round
+                self._overflow = False
+                return
+            self._replaying = False
+        log.info("flowworker: the journal is replayed; writing from memory again")
 
     def _write(self, items: list[PendingReport]) -> None:
         """Write `items` (one transaction per organization) and notify after commit."""
-        items = [item for item in items if item is not _FLUSH]
         by_organization: dict[uuid.UUID, list[PendingReport]] = {}
         for item in items:
             by_organization.setdefault(item.organization_id, []).append(item)
@@ -269,7 +295,7 @@ class Recorder:
             for item in group
             if item.ad_hoc is not None and item.ad_hoc.id not in self._known_flow_executions
         ]
-        with transaction(self._engine, organization_id) as connection:
+        with transaction(self.engine, organization_id) as connection:
             if new_flow_executions:
                 ensure_flow_executions(connection, new_flow_executions)
             results = upsert_task_executions(connection, [item.report for item in group])
@@ -294,28 +320,14 @@ class Recorder:
                 )
         return results
 
-    def _remember_flow_executions(self, ids: Any) -> None:
+    def _remember_flow_executions(self, ids: Iterable[uuid.UUID]) -> None:
         known = self._known_flow_executions
         for flow_execution_id in ids:
             known[flow_execution_id] = None
         while len(known) > _KNOWN_FLOW_EXECUTIONS_MAX:
             del known[next(iter(known))]
 
-    def _spool_items(self, items: list[PendingReport], reason: str | None) -> None:
-        items = [item for item in items if item is not _FLUSH]
-        if not items:
-            return
-        try:
-            self.stats.spooled += self._spool.append(items)
-        except OSError as exc:
-            self._note_error("could not write the spool; reports lost", exc)
-        if reason:
-            log.warning("flowworker spooled %d report(s): %s", len(items), reason)
-
     def _note_error(self, message: str, exc: BaseException, exc_info: bool = False) -> None:
         self.stats.errors += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
         log.warning("flowworker: %s: %s", message, self.stats.last_error, exc_info=exc_info)
-
-
-_FLUSH: Any = object()
