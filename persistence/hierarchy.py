@@ -26,14 +26,22 @@ def _insert(connection: Connection) -> Any:
 
 
 def ensure_organization(connection: Connection, name: str) -> uuid.UUID:
-    """The id of the organization called `name`, creating it on first use."""
-    statement = (
-        _insert(connection)(_org)
-        .values(id=uuid.uuid4(), name=name)
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    connection.execute(statement)
-    return fetch_organization_id(connection, name)
+    """The id of the organization called `name`, creating it on first use.
+
+    Only the creation needs INSERT on `organizations`: the application role of row-level
+    security has none (the owner creates organizations) and can still look one up here.
+    """
+    by_name = select(_org.c.id).where(_org.c.name == name)
+    found = connection.execute(by_name).scalar()
+    if found is None:
+        statement = (
+            _insert(connection)(_org)
+            .values(id=uuid.uuid4(), name=name)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        connection.execute(statement)
+        found = connection.execute(by_name).scalar_one()
+    return uuid.UUID(str(found))
 
 
 def fetch_organization_id(connection: Connection, name_or_id: str) -> uuid.UUID:

@@ -5,7 +5,10 @@ Recording must never fail because a task returned something odd, so:
 * a value JSON cannot express is stored as ``{"$unserializable": "<module.Type>", "repr": "..."}``
   (datetimes, UUIDs, decimals, sets and bytes get a natural JSON form first);
 * NaN and infinities become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``;
-* NUL characters, which PostgreSQL's JSONB refuses, become U+FFFD;
+* NUL characters and unpaired UTF-16 surrogates (``"\\ud800"``, from undecodable file
+  names), which PostgreSQL's JSONB refuses, become U+FFFD;
+* an integer too long for Python to print (over 4,300 digits by default) is stored as
+  ``{"$unserializable": "builtins.int", "repr": "<int of N bits>"}``;
 * a document larger than the size cap is stored as
   ``{"$truncated": true, "size_bytes": N, "preview": "<first 1,000 characters>"}``.
 """
@@ -17,6 +20,7 @@ import datetime as dt
 import decimal
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -25,15 +29,22 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 PREVIEW_CHARS = 1000
 _REPR_CHARS = 500
 
+# In json.dumps output (ASCII, surrogates escaped): a high surrogate not followed by a low
+# one, or a low one not preceded by a high one. (An escaped backslash before "ud800" can
+# match too; that only sends the value through the careful path for nothing.)
+_LONE_SURROGATE_ESCAPE = re.compile(
+    r"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})"
+    r"|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}"
+)
+_SURROGATE_OR_NUL = re.compile("[\x00\ud800-\udfff]")
+
 
 def encode_json(value: Any, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     """Serialize `value` for storage; never raises."""
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"), default=_fallback)
-    except (ValueError, TypeError, RecursionError):
-        text = json.dumps(to_json_safe(value), separators=(",", ":"), default=_fallback)
-    if "\\u0000" in text:
-        text = json.dumps(to_json_safe(json.loads(text)), separators=(",", ":"))
+        text = _encode(value)
+    except Exception:  # the last resort: recording never fails because of a value
+        text = json.dumps(to_json_safe(_unserializable(value)), separators=(",", ":"))
     if len(text) > max_bytes // 4 and len(text.encode()) > max_bytes:
         text = json.dumps(
             {"$truncated": True, "size_bytes": len(text.encode()), "preview": text[:PREVIEW_CHARS]},
@@ -42,11 +53,30 @@ def encode_json(value: Any, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     return text
 
 
+def _encode(value: Any) -> str:
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"), default=_fallback)
+    except (ValueError, TypeError, RecursionError):
+        text = json.dumps(to_json_safe(value), separators=(",", ":"), default=_fallback)
+    if "\\u0000" in text or _LONE_SURROGATE_ESCAPE.search(text):
+        text = json.dumps(to_json_safe(json.loads(text)), separators=(",", ":"))
+    return text
+
+
 def to_json_safe(value: Any, _depth: int = 0) -> Any:
     """A structure with only JSON types, for values `json.dumps` alone cannot take."""
     if _depth > 100:
         return _unserializable(value)
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        try:
+            int.__repr__(value)
+        except ValueError:  # longer than sys.get_int_max_str_digits()
+            return {
+                "$unserializable": "builtins.int",
+                "repr": f"<int of {value.bit_length()} bits>",
+            }
         return value
     if isinstance(value, float):
         if math.isnan(value):
@@ -55,7 +85,8 @@ def to_json_safe(value: Any, _depth: int = 0) -> Any:
             return "Infinity" if value > 0 else "-Infinity"
         return value
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        # after json.loads a valid surrogate pair is one character: what is left is unpaired
+        return _SURROGATE_OR_NUL.sub("\ufffd", value)
     if isinstance(value, Mapping):
         return {
             to_json_safe(str(key), _depth + 1): to_json_safe(item, _depth + 1)

@@ -18,6 +18,23 @@ from persistence.models import TASK_NAME_MAX_LENGTH
 from persistence.status import ExecutionStatus
 
 SYSTEM_ACTOR = "system"
+#: the integer columns (idx, attempt) are 32-bit
+MAX_INTEGER = 2**31 - 1
+#: modified_by is varchar(200); celery_task_id and worker are varchar(255)
+MODIFIED_BY_MAX_LENGTH = 200
+REFERENCE_MAX_LENGTH = 255
+
+
+def is_storable_text(value: str) -> bool:
+    """Text both databases can hold: no NUL character (PostgreSQL refuses it) and valid
+    Unicode (no unpaired surrogate such as the ones undecodable file names produce)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def utcnow() -> dt.datetime:
@@ -39,6 +56,10 @@ def validate_task_name(task_name: object) -> str:
             f"task_name must be a string of 1 to {TASK_NAME_MAX_LENGTH} characters "
             f"(got length {length})"
         )
+    if not is_storable_text(task_name):
+        raise InvalidTaskName(
+            f"task_name must be valid Unicode text without NUL characters (got {task_name!r})"
+        )
     return task_name
 
 
@@ -46,12 +67,25 @@ def validate_execution_idx(task_execution_idx: object) -> int:
     if (
         isinstance(task_execution_idx, bool)
         or not isinstance(task_execution_idx, int)
-        or task_execution_idx < 0
+        or not 0 <= task_execution_idx <= MAX_INTEGER
     ):
         raise InvalidExecutionIndex(
-            f"task_execution_idx must be an integer >= 0 (got {task_execution_idx!r})"
+            f"task_execution_idx must be an integer from 0 to {MAX_INTEGER} "
+            f"(got {task_execution_idx!r})"
         )
     return task_execution_idx
+
+
+def _validate_text(name: str, value: object, max_length: int, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not 1 <= len(value) <= max_length:
+        raise InvalidReport(
+            f"{name} must be a string of 1 to {max_length} characters"
+            f"{' or null' if optional else ''} (got {value!r:.80})"
+        )
+    if not is_storable_text(value):
+        raise InvalidReport(f"{name} must be valid Unicode text without NUL characters")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +115,21 @@ class TaskReport:
         if not isinstance(self.flow_execution_id, uuid.UUID):
             raise InvalidReport(
                 f"flow_execution_id must be a UUID (got {self.flow_execution_id!r})"
+            )
+        # What the columns cannot hold fails here, with a clear error, instead of failing
+        # the whole statement (and every other report of its batch) in the database.
+        if not isinstance(self.at, dt.datetime) or self.at.utcoffset() is None:
+            raise InvalidReport(f"at must be a timezone-aware datetime (got {self.at!r})")
+        _validate_text("modified_by", self.modified_by, MODIFIED_BY_MAX_LENGTH, optional=False)
+        _validate_text("celery_task_id", self.celery_task_id, REFERENCE_MAX_LENGTH, optional=True)
+        _validate_text("worker", self.worker, REFERENCE_MAX_LENGTH, optional=True)
+        if self.attempt is not None and (
+            isinstance(self.attempt, bool)
+            or not isinstance(self.attempt, int)
+            or not 0 <= self.attempt <= MAX_INTEGER
+        ):
+            raise InvalidReport(
+                f"attempt must be an integer from 0 to {MAX_INTEGER} or null (got {self.attempt!r})"
             )
 
     @property

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, Uuid, bindparam, make_url, text
+from sqlalchemy import Connection, Engine, Uuid, bindparam, make_url, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from persistence.database import create_database_engine, transaction
@@ -23,8 +23,8 @@ from persistence.hierarchy import (
     create_flow_execution,
     ensure_organization,
 )
-from persistence.models import TENANT_TABLES
-from persistence.reports import TaskReport, UpsertOutcome
+from persistence.models import TENANT_TABLES, Base
+from persistence.reports import TaskReport, UpsertOutcome, utcnow
 from persistence.status import ExecutionStatus as S
 from persistence.upsert import upsert_task_execution, upsert_task_executions
 from tests.conftest import SESSION_TAG
@@ -71,18 +71,50 @@ class Tenant:
     task_execution_ids: list[uuid.UUID]
 
 
+def _insert(connection: Connection, table: str, **values: object) -> None:
+    """A plain INSERT through the table's own column types."""
+    connection.execute(Base.metadata.tables[table].insert().values(**values))
+
+
 def _seed(owner: Engine, name: str) -> Tenant:
-    """As the table owner (not subject to RLS): one row in every tenant table."""
+    """As the table owner (not subject to RLS): rows in every tenant table. A new tenant
+    table needs its rows here too, or `test_seeded_rows_exist_for_both_organizations`
+    fails: that is how this file keeps covering all of them."""
     with transaction(owner) as connection:
         organization_id = ensure_organization(connection, name)
-        flow_id = connection.execute(
-            text(
-                "INSERT INTO flows (id, organization_id, name, version, definition)"
-                " VALUES (:id, :org, 'etl', '1', '{}') RETURNING id"
-            ).bindparams(bindparam("id", type_=Uuid()), bindparam("org", type_=Uuid())),
-            {"id": uuid.uuid4(), "org": organization_id},
-        ).scalar_one()
+        flow_id = uuid.uuid4()
+        _insert(
+            connection,
+            "flows",
+            id=flow_id,
+            organization_id=organization_id,
+            name="etl",
+            version="1",
+            definition={},
+        )
+        if "flow_tasks" in Base.metadata.tables:
+            for task_name in ("extract", "load"):
+                _insert(
+                    connection,
+                    "flow_tasks",
+                    flow_id=flow_id,
+                    task_name=task_name,
+                    organization_id=organization_id,
+                )
         flow_execution_id = create_flow_execution(connection, organization_id, flow_id=flow_id)
+        if "flow_dispatches" in Base.metadata.tables:
+            _insert(
+                connection,
+                "flow_dispatches",
+                flow_execution_id=flow_execution_id,
+                task_name="extract",
+                task_execution_idx=0,
+                organization_id=organization_id,
+                iteration=0,
+                attempt=0,
+                superseded=False,
+                created_at=utcnow(),
+            )
         allocate_task_execution_idx(connection, flow_execution_id, "extract", count=3)
         results = upsert_task_executions(
             connection,
@@ -137,12 +169,13 @@ def _owner_statuses(owner: Engine, organization_id: uuid.UUID) -> list[str]:
         )
 
 
+#: the history is append-only: the application role may not UPDATE or DELETE it at all
+WRITABLE_TENANT_TABLES = [t for t in TENANT_TABLES if t != "task_execution_events"]
+
+#: rows `_seed` makes per organization; tables not named here get one row
 SEEDED = {
-    "flows": 1,
-    "flow_executions": 1,
-    "task_executions": 3,
-    "task_execution_events": 6,
-    "task_index_counters": 1,
+    table: {"task_executions": 3, "task_execution_events": 6, "flow_tasks": 2}.get(table, 1)
+    for table in TENANT_TABLES
 }
 
 
@@ -211,7 +244,7 @@ def test_an_organization_cannot_update_another_ones_rows(
             )
         )
         assert targeted.rowcount == 0
-        for table in ("flows", "flow_executions", "task_index_counters"):
+        for table in WRITABLE_TENANT_TABLES:
             result = connection.execute(
                 text(
                     f"UPDATE {table} SET organization_id = organization_id"
@@ -278,7 +311,7 @@ def test_an_organization_cannot_delete_another_ones_rows(
 ) -> None:
     a, b = tenants
     with transaction(app_engine, a.organization_id) as connection:
-        for table in ("task_index_counters", "task_executions", "flow_executions", "flows"):
+        for table in WRITABLE_TENANT_TABLES:
             result = connection.execute(
                 text(f"DELETE FROM {table} WHERE organization_id = '{b.organization_id}'")
             )
@@ -396,3 +429,20 @@ def test_a_report_naming_another_organizations_flow_execution_is_unknown(
         allocate_task_execution_idx(connection, b.flow_execution_id, "extract")
     assert _owner_counts(pg_engine, b.organization_id) == SEEDED
     assert _owner_statuses(pg_engine, b.organization_id) == ["running"] * 3
+
+
+def test_the_application_role_looks_organizations_up_but_cannot_create_them(
+    app_engine: Engine, tenants: tuple[Tenant, Tenant]
+) -> None:
+    """The plugin resolves its configured organization with `ensure_organization`; through
+    the application role that works for an existing one (it once needed INSERT rights
+    even then), and creating one is left to the owner."""
+    a, b = tenants
+    with transaction(app_engine) as connection:
+        assert ensure_organization(connection, "org-a") == a.organization_id
+        assert ensure_organization(connection, "org-b") == b.organization_id
+    with (
+        pytest.raises(ProgrammingError, match="permission denied"),
+        transaction(app_engine) as connection,
+    ):
+        ensure_organization(connection, "org-new")
