@@ -22,6 +22,7 @@ import datetime as dt
 import functools
 import json
 import uuid
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -50,6 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import ColumnElement, FromClause
 
+from persistence.compiled import fetch_rows
 from persistence.errors import UnknownFlowExecution
 from persistence.models import Base, FlowExecution, JSONValue, TaskExecution, UTCDateTime
 from persistence.reports import TaskReport, UpsertOutcome, UpsertResult, utcnow
@@ -101,6 +103,16 @@ _RETURNED = (
     _te.c.attempt,
     _te.c.updated_at,
 )
+_Returned = namedtuple("_Returned", [column.name for column in _RETURNED])  # type: ignore[misc]
+
+
+def _run(connection: Connection, statement: Any, parameters: dict[str, Any]) -> list[Any]:
+    """The upsert's RETURNING rows. On PostgreSQL + psycopg the compiled SQL runs on the
+    DBAPI cursor (`persistence.compiled`): psycopg already returns the columns' Python
+    values, and SQLAlchemy's per-execution machinery would cost more CPU than the insert."""
+    if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
+        return [_Returned(*row) for row in fetch_rows(connection, statement, parameters)]
+    return list(connection.execute(statement, parameters))
 
 
 def upsert_task_execution(connection: Connection, report: TaskReport) -> UpsertResult:
@@ -128,7 +140,7 @@ def upsert_task_executions(
             written_at = started + dt.timedelta(microseconds=statements)
             statements += 1
             statement, parameters = _prepare(connection, [reports[i] for i in chunk], written_at)
-            returned = {_key_of(row): row for row in connection.execute(statement, parameters)}
+            returned = {_key_of(row): row for row in _run(connection, statement, parameters)}
             moved = {key for key, row in returned.items() if row.updated_at == written_at}
             missing = [reports[i].key for i in chunk if reports[i].key not in returned]
             current = {**returned, **_fetch_current(connection, missing)}
@@ -241,7 +253,7 @@ def _source(dialect: str, size: int) -> FromClause:
         return (
             func.unnest(*arrays)
             .table_valued(*columns, with_ordinality="position", name="reports")
-            .render_derived()
+            .render_derived(name="r")
         )
     # SQLite has no column aliases on VALUES; a UNION ALL of one-row SELECTs does the same.
     selects = [
@@ -259,11 +271,13 @@ def _source(dialect: str, size: int) -> FromClause:
 def _upsert_statement(dialect: str, size: int) -> Any:
     """The upsert for `size` report rows (PostgreSQL: any number; pass 0)."""
     source = _source(dialect, size)
-    # PostgreSQL infers a VALUES column's type from its first row, and a NULL there would
-    # make it text: cast explicitly. (In SQLite a cast would change the stored affinity.)
+    # On PostgreSQL unnest's arrays are typed already; JSON travels as text and is cast
+    # to JSONB here. (In SQLite a cast would change the stored affinity.)
     src = SimpleNamespace(
         **{
-            name: cast(source.c[name], type_) if dialect == "postgresql" else source.c[name]
+            name: cast(source.c[name], type_)
+            if dialect == "postgresql" and name in _JSON_COLUMNS
+            else source.c[name]
             for name, type_ in _SOURCE_COLUMNS
         }
     )
@@ -318,7 +332,7 @@ def _upsert_statement(dialect: str, size: int) -> Any:
         proposed,
     )
     new, current = statement.excluded, _te.c
-    moves = transition_guard(current.status, new.status)
+    moves = transition_guard(current.status, new.status, dialect)
 
     def on_move(moved: Any, otherwise: Any) -> Any:
         return case((moves, moved), else_=otherwise)
@@ -361,12 +375,21 @@ def _upsert_statement(dialect: str, size: int) -> Any:
     ).returning(*_RETURNED)
 
 
-def transition_guard(current: Any, requested: Any) -> ColumnElement[bool]:
+def transition_guard(current: Any, requested: Any, dialect: str = "sqlite") -> ColumnElement[bool]:
     """SQL truth of `persistence.status.can_transition(current, requested)`."""
+    move = current + literal_column("'>'", String()) + requested
+    if dialect == "postgresql":
+        # one array parameter, however often the statement repeats the guard (every SET
+        # expression does): the SQL text stays short
+        legal = bindparam(
+            "legal_moves", allowed_transition_pairs(), type_=postgresql.ARRAY(String())
+        )
+        any_legal: ColumnElement[bool] = move == func.any(legal)
+        return any_legal
     # The legal moves are constants of the code, written into the SQL as literals: a
     # statement that never changes text is parsed, cached and prepared once.
     pairs = [literal_column(f"'{pair}'", String()) for pair in allowed_transition_pairs()]
-    moves: ColumnElement[bool] = (current + literal_column("'>'", String()) + requested).in_(pairs)
+    moves: ColumnElement[bool] = move.in_(pairs)
     return moves
 
 
