@@ -69,19 +69,24 @@ def subscriber(channel: str, count: int, ready: Connection, out: Connection) -> 
     pubsub.subscribe(channel)
     pubsub.get_message(timeout=10)
     ready.send(True)
-    arrivals: dict[str, float] = {}
+    arrivals: dict[str, tuple[float, float]] = {}
     deadline = time.monotonic() + 120
     while len(arrivals) < count and time.monotonic() < deadline:
         message = pubsub.get_message(timeout=1)
         if message is not None and message["type"] == "message":
             arrived = time.time()
-            arrivals[json.loads(message["data"])["id"]] = arrived
+            payload = json.loads(message["data"])
+            sent_at = dt.datetime.fromisoformat(payload["sent_at"]).timestamp()
+            arrivals[payload["id"]] = (sent_at, arrived)
     out.send(arrivals)
 
 
-def measure_latency(count: int, rate: float | None) -> tuple[list[float], float, float]:
-    """Latencies in ms, and the seconds from the first call to the last publish and to the
-    last arrival."""
+def measure_latency(
+    count: int, rate: float | None
+) -> tuple[list[float], list[float], float, float]:
+    """Latencies in ms (call to arrival, and the part of it from `sent_at`, when the thread
+    sent it, to arrival), and the seconds from the first call to the last publish and to
+    the last arrival."""
     organization_id = uuid.uuid4()
     prefix = f"bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     results = make_results(count, organization_id)
@@ -101,22 +106,25 @@ def measure_latency(count: int, rate: float | None) -> tuple[list[float], float,
     started = time.perf_counter()
     for position, result in enumerate(results):
         if interval:
-            # pace by the clock, not by sleeping a fixed amount (sleep overshoots)
-            while time.perf_counter() < started + position * interval:
-                time.sleep(interval / 4)
+            # pace by the clock (a sleep overshoots; the next one is shorter to make up)
+            ahead = started + position * interval - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
         sent[str(result.task_execution_id)] = time.time()
         notifier.publish_changes([result])
     while notifier.stats().published < count and time.perf_counter() < started + 120:
         time.sleep(0.0005)
     published = time.perf_counter() - started
-    arrivals: dict[str, float] = out_recv.recv()
+    arrivals: dict[str, tuple[float, float]] = out_recv.recv()
     process.join(30)
     notifier.close()
-    last = max(arrivals.values(), default=time.time())
+    last = max((arrived for _, arrived in arrivals.values()), default=time.time())
     first = min(sent.values())
     if len(arrivals) != count:
         print(f"  warning: received {len(arrivals)} of {count}")
-    return [(arrivals[key] - sent[key]) * 1000 for key in arrivals], published, last - first
+    total = [(arrived - sent[key]) * 1000 for key, (_, arrived) in arrivals.items()]
+    on_the_wire = [(arrived - sent_at) * 1000 for sent_at, arrived in arrivals.values()]
+    return total, on_the_wire, published, last - first
 
 
 def measure_handler(notifier: StatusNotifier, results: list[UpsertResult]) -> list[float]:
@@ -152,15 +160,20 @@ def main() -> None:
     args = parser.parse_args()
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, Redis {REDIS_URL}")
     redis_version = redis.Redis.from_url(REDIS_URL).info("server")["redis_version"]
-    print(f"redis-server {redis_version}, redis-py {redis.__version__}\n")
+    print(f"redis-server {redis_version}, redis-py {redis.__version__}")
+    print("load average before: {:.2f} {:.2f} {:.2f}\n".format(*os.getloadavg()))
 
     print(f"publish -> Redis -> subscriber latency, {args.count} notifications")
     for label, rate in ((f"paced at {args.rate:.0f}/s", args.rate), ("one burst", None)):
-        latencies, published, received = measure_latency(args.count, rate)
+        latencies, on_the_wire, published, received = measure_latency(args.count, rate)
         print(
             f"  {label:<16} p50 {percentile(latencies, 0.5):8.3f} ms   "
             f"p99 {percentile(latencies, 0.99):8.3f} ms   max {max(latencies):8.2f} ms   "
             f"published {args.count / published:,.0f}/s, received {args.count / received:,.0f}/s"
+        )
+        print(
+            f"  {'  of which sent->received':<16} p50 {percentile(on_the_wire, 0.5):8.3f} ms   "
+            f"p99 {percentile(on_the_wire, 0.99):8.3f} ms"
         )
 
     print(f"\npublish_changes([result]) cost, {args.calls} calls per round, {args.rounds} rounds")
@@ -189,6 +202,7 @@ def main() -> None:
             f"p99 {percentile(values, 0.99):6.2f} us   max {max(values):8.1f} us   "
             f"ratio to up {mean / baseline:4.2f}"
         )
+    print("\nload average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
