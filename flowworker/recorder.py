@@ -23,19 +23,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from flowworker.config import Settings
 from flowworker.journal import Journal, JournalFull
 from flowworker.pending import PendingReport
 from persistence.database import create_database_engine, transaction
-from persistence.errors import FlowworkerError, UnknownFlowExecution
+from persistence.errors import FlowworkerError, TaskNotInFlow, UnknownFlowExecution
 from persistence.hierarchy import (
     AdHocFlowExecution,
     allocate_task_execution_idx,
     ensure_flow_executions,
     ensure_organization,
+    organization_id_for,
 )
 from persistence.reports import UpsertResult
 from persistence.upsert import upsert_task_executions
@@ -109,7 +110,7 @@ class Recorder:
             self._replaying = False  # the journal, not the queue, is the source of truth
             self._overflow = False  # reports went to the journal only (memory queue full)
             self._known_flow_executions: dict[uuid.UUID, None] = {}
-            self._organization_id: uuid.UUID | None = None
+            self._organization_ensured = False
             self._stopping = False
             self._idle = threading.Event()
             self.stats = RecorderStats()
@@ -146,12 +147,9 @@ class Recorder:
                 self._queue_lock.notify()
 
     def default_organization_id(self) -> uuid.UUID:
-        """The organization of tasks no flow started (created on first use)."""
-        self._ensure_process()
-        if self._organization_id is None:
-            with transaction(self.engine) as connection:
-                self._organization_id = ensure_organization(connection, self.settings.organization)
-        return self._organization_id
+        """The organization of tasks no flow started; known without asking the database
+        (the writer creates its row before the first record that needs it)."""
+        return organization_id_for(self.settings.organization)
 
     def allocate_idx(
         self,
@@ -166,6 +164,7 @@ class Recorder:
         self._ensure_process()
         with transaction(self.engine, organization_id) as connection:
             if ad_hoc is not None and ad_hoc.id not in self._known_flow_executions:
+                self._ensure_default_organization(connection, [ad_hoc])
                 ensure_flow_executions(connection, [ad_hoc])
             idx = allocate_task_execution_idx(
                 connection, flow_execution_id, task_name, at_least=at_least
@@ -279,7 +278,7 @@ class Recorder:
         for organization_id, group in by_organization.items():
             try:
                 results = self._write_group(organization_id, group)
-            except (UnknownFlowExecution, IntegrityError):
+            except (UnknownFlowExecution, TaskNotInFlow, IntegrityError):
                 results = self._write_one_by_one(organization_id, group)
             self.stats.written += len(group)
             self.stats.last_write_at = time.time()
@@ -297,6 +296,7 @@ class Recorder:
         ]
         with transaction(self.engine, organization_id) as connection:
             if new_flow_executions:
+                self._ensure_default_organization(connection, new_flow_executions)
                 ensure_flow_executions(connection, new_flow_executions)
             results = upsert_task_executions(connection, [item.report for item in group])
         self._remember_flow_executions(execution.id for execution in new_flow_executions)
@@ -319,6 +319,16 @@ class Recorder:
                     exc,
                 )
         return results
+
+    def _ensure_default_organization(
+        self, connection: Connection, executions: Iterable[AdHocFlowExecution]
+    ) -> None:
+        default = self.default_organization_id()
+        if not self._organization_ensured and any(
+            execution.organization_id == default for execution in executions
+        ):
+            ensure_organization(connection, self.settings.organization)
+            self._organization_ensured = True
 
     def _remember_flow_executions(self, ids: Iterable[uuid.UUID]) -> None:
         known = self._known_flow_executions

@@ -25,6 +25,19 @@ def _insert(connection: Connection) -> Any:
     return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
 
 
+_ORGANIZATION_NAMESPACE = uuid.UUID("0b6a3c1e-58d4-4f3a-9f4e-6a0d8f2c9b71")
+
+
+def organization_id_for(name: str) -> uuid.UUID:
+    """The id an organization called `name` gets: derived from the name, so that a worker can
+    label a task with it without asking the database (which may be down at that moment).
+    A name that is a UUID is taken as the id itself."""
+    try:
+        return uuid.UUID(name)
+    except ValueError:
+        return uuid.uuid5(_ORGANIZATION_NAMESPACE, name)
+
+
 def ensure_organization(connection: Connection, name: str) -> uuid.UUID:
     """The id of the organization called `name`, creating it on first use.
 
@@ -36,8 +49,8 @@ def ensure_organization(connection: Connection, name: str) -> uuid.UUID:
     if found is None:
         statement = (
             _insert(connection)(_org)
-            .values(id=uuid.uuid4(), name=name)
-            .on_conflict_do_nothing(index_elements=["name"])
+            .values(id=organization_id_for(name), name=name)
+            .on_conflict_do_nothing()
         )
         connection.execute(statement)
         found = connection.execute(by_name).scalar_one()

@@ -58,7 +58,7 @@ def flaky(self: Any, failures: int) -> str:
 def wait_for_file(path: str, timeout: float = 60.0) -> str:
     """Runs until `path` exists (lets a test act while the task is running)."""
     deadline = time.monotonic() + timeout
-    Path(path + ".started").touch()
+    Path(path + ".started").write_text(str(os.getpid()))
     while not Path(path).exists():
         if time.monotonic() > deadline:
             raise TimeoutError(path)
@@ -95,6 +95,6 @@ def acks_late_sleep(path: str) -> str:
     marker = Path(path + ".started")
     if marker.exists():
         return "finished on redelivery"
-    marker.touch()
+    marker.write_text(str(os.getpid()))
     time.sleep(60)
     return "finished"

@@ -1,8 +1,10 @@
-"""Every path of a task's life is recorded, by real workers (prefork and solo pools)."""
+"""Every path of a task's life is recorded by real workers: prefork and solo pools, Redis
+and RabbitMQ brokers, one worker or two on different host names."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,13 +12,23 @@ from celery import chain, group
 
 from tests.flowworker.celery_app import add, fail, fan_out, flaky, secret, untracked
 from tests.flowworker.recording.conftest import Recording
+from tests.flowworker.workers import wait_until
 
 
-@pytest.fixture(scope="module", params=["prefork", "solo"])
-def recording(request: pytest.FixtureRequest, recording_factory: Any) -> Recording:
-    recording: Recording = recording_factory()
-    recording.start_worker(pool=request.param)
-    return recording
+@pytest.fixture(
+    scope="module",
+    params=["prefork-redis", "solo-redis", "prefork-rabbitmq", "two-workers-redis"],
+)
+def recording(request: pytest.FixtureRequest, recording_factory: Any) -> Iterator[Recording]:
+    pool, broker = request.param.rsplit("-", 1)
+    recording: Recording = recording_factory(broker=broker)
+    if pool == "two-workers":
+        recording.start_worker(concurrency=1, name="w1")
+        recording.start_worker(concurrency=1, name="w2")
+    else:
+        recording.start_worker(pool=pool)
+    yield recording
+    recording.stop()
 
 
 def test_success_is_recorded_with_input_output_and_celery_fields(recording: Recording) -> None:
@@ -30,7 +42,7 @@ def test_success_is_recorded_with_input_output_and_celery_fields(recording: Reco
     assert record.error is None
     assert record.celery_task_id == result.id
     assert record.attempt == 0
-    assert record.worker.startswith("w1-")
+    assert record.worker.split("-")[0] in {"w1", "w2"}
     assert record.queued_at <= record.started_at <= record.finished_at
     assert recording.history(record.id) == ["queued", "running", "completed"]
 
@@ -91,3 +103,17 @@ def test_secrets_are_redacted_and_opted_out_tasks_are_not_recorded(recording: Re
     }
     recording.wait_for(1, {"completed"}, celery_task_id=recorded.id)
     assert recording.records(celery_task_id=skipped.id) == []
+
+
+def test_work_spread_over_two_workers_is_recorded_once_each(recording: Recording) -> None:
+    results = [add.delay(n, n) for n in range(30)]
+    ids = {result.id for result in results}
+
+    def finished() -> list[Any]:
+        rows = [r for r in recording.records(task_name="tests.add") if r.celery_task_id in ids]
+        return rows if sum(r.status == "completed" for r in rows) == 30 else []
+
+    rows: list[Any] = wait_until(finished, 120)  # type: ignore[assignment]
+    assert len(rows) == 30, "one record per task, none twice"
+    if len(recording.workers) == 2:
+        assert {r.worker.split("-")[0] for r in rows} == {"w1", "w2"}
