@@ -5,6 +5,8 @@ Used by the migrations; kept here so that the SQL is written once, per backend.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from persistence.models import TENANT_TABLES
 
 ORGANIZATION_SETTING = "flowworker.organization_id"
@@ -90,9 +92,9 @@ SQLITE_HISTORY_TRIGGER_DROP = [
 _CURRENT_ORGANIZATION = f"NULLIF(current_setting('{ORGANIZATION_SETTING}', true), '')::uuid"
 
 
-def postgres_rls_policies() -> list[str]:
+def postgres_rls_policies(tables: Iterable[str] = TENANT_TABLES) -> list[str]:
     statements = []
-    for table in TENANT_TABLES:
+    for table in tables:
         statements += [
             f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
             f"CREATE POLICY tenant_isolation ON {table} "
@@ -102,9 +104,9 @@ def postgres_rls_policies() -> list[str]:
     return statements
 
 
-def postgres_rls_policies_drop() -> list[str]:
+def postgres_rls_policies_drop(tables: Iterable[str] = TENANT_TABLES) -> list[str]:
     statements = []
-    for table in TENANT_TABLES:
+    for table in tables:
         statements += [
             f"DROP POLICY IF EXISTS tenant_isolation ON {table}",
             f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY",
@@ -119,7 +121,7 @@ def postgres_grant_application_role(role: str) -> list[str]:
         # api_keys: read to authenticate a request, before its organization is known
         f"GRANT SELECT ON organizations, api_keys TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON flows, flow_executions, task_executions, "
-        f"task_index_counters TO {role}",
+        f"task_index_counters, flow_tasks, flow_dispatches TO {role}",
         # history: append and read only
         f"GRANT SELECT, INSERT ON task_execution_events TO {role}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",

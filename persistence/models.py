@@ -207,12 +207,45 @@ class TaskIndexCounter(Base):
     next_idx: Mapped[int]
 
 
+class FlowTask(Base):
+    """A task name of a stored flow: the only names its flow executions may report."""
+
+    __tablename__ = "flow_tasks"
+
+    flow_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("flows.id", ondelete="CASCADE"), primary_key=True
+    )
+    task_name: Mapped[str] = mapped_column(String(TASK_NAME_MAX_LENGTH), primary_key=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"))
+
+
+class FlowDispatch(Base):
+    """The flow engine's ledger: which loop iteration and which retry each execution it
+    dispatched is. `superseded` rows belong to a run that a re-execution replaced."""
+
+    __tablename__ = "flow_dispatches"
+
+    flow_execution_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("flow_executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    task_name: Mapped[str] = mapped_column(String(TASK_NAME_MAX_LENGTH), primary_key=True)
+    task_execution_idx: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"))
+    iteration: Mapped[int]
+    attempt: Mapped[int]
+    superseded: Mapped[bool] = mapped_column(default=False)
+    celery_task_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime]
+
+
 TENANT_TABLES = (
     Flow.__tablename__,
     FlowExecution.__tablename__,
     TaskExecution.__tablename__,
     TaskExecutionEvent.__tablename__,
     TaskIndexCounter.__tablename__,
+    FlowTask.__tablename__,
+    FlowDispatch.__tablename__,
 )
 
 

@@ -5,13 +5,16 @@ Every report becomes part of a single statement
     INSERT INTO task_executions (...)
     SELECT reports.*, flow_executions.organization_id
     FROM <reports> JOIN flow_executions ON flow_executions.id = reports.flow_execution_id
+         AND (flow_executions.flow_id IS NULL OR <the task name is in flow_tasks>)
     ON CONFLICT (flow_execution_id, task_name, task_execution_idx) DO UPDATE SET ...
     WHERE task_executions.status || '>' || excluded.status IN (<legal moves>)
     RETURNING ...
 
 so the database decides, under the row lock, whether a report moves the record forward. A
 report the guard refuses, or one repeating the current status, returns no row; one more
-query then tells the caller the current status. The organization always comes from the
+query then tells the caller the current status (or, with no record at all, whether the
+flow execution is missing, `UnknownFlowExecution`, or the name is not in its flow,
+`TaskNotInFlow`). The organization always comes from the
 flow execution row, never from the reporter, and the status history is appended by a
 trigger (`persistence/ddl.py`).
 """
@@ -25,7 +28,7 @@ import uuid
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import (
     Connection,
@@ -39,6 +42,7 @@ from sqlalchemy import (
     case,
     cast,
     column,
+    exists,
     func,
     literal,
     literal_column,
@@ -52,8 +56,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import ColumnElement, FromClause
 
 from persistence.compiled import fetch_rows
-from persistence.errors import UnknownFlowExecution
-from persistence.models import Base, FlowExecution, JSONValue, TaskExecution, UTCDateTime
+from persistence.errors import TaskNotInFlow, UnknownFlowExecution
+from persistence.models import (
+    Base,
+    FlowExecution,
+    FlowTask,
+    JSONValue,
+    TaskExecution,
+    UTCDateTime,
+)
 from persistence.reports import TaskReport, UpsertOutcome, UpsertResult, utcnow
 from persistence.status import ExecutionStatus, allowed_transition_pairs
 
@@ -61,6 +72,7 @@ KEY_COLUMNS = ("flow_execution_id", "task_name", "task_execution_idx")
 
 _te = Base.metadata.tables[TaskExecution.__tablename__]
 _fe = Base.metadata.tables[FlowExecution.__tablename__]
+_ft = Base.metadata.tables[FlowTask.__tablename__]
 
 # Source columns of one report row, in order, with the types their binds need.
 _SOURCE_COLUMNS: tuple[tuple[str, Any], ...] = (
@@ -156,10 +168,7 @@ def upsert_task_executions(
                         else UpsertOutcome.REFUSED
                     )
                 else:
-                    raise UnknownFlowExecution(
-                        f"flow execution {report.flow_execution_id} does not exist "
-                        "(or belongs to another organization); create it first"
-                    )
+                    _raise_for_missing(connection, report)
                 results[i] = _result(outcome, report, row)
     return [result for result in results if result is not None]
 
@@ -301,7 +310,18 @@ def _upsert_statement(dialect: str, size: int) -> Any:
         src.written_at,
         src.written_at,
         literal(1, Integer()),
-    ).join_from(source, _fe, _fe.c.id == src.flow_execution_id)
+    ).join_from(
+        source,
+        _fe,
+        and_(
+            _fe.c.id == src.flow_execution_id,
+            # a flow execution of a stored flow takes only the task names of its flow
+            or_(
+                _fe.c.flow_id.is_(None),
+                exists().where(_ft.c.flow_id == _fe.c.flow_id, _ft.c.task_name == src.task_name),
+            ),
+        ),
+    )
     if dialect == "sqlite":
         proposed = proposed.where(true())  # SQLite needs a WHERE before ON CONFLICT
     else:
@@ -391,6 +411,23 @@ def transition_guard(current: Any, requested: Any, dialect: str = "sqlite") -> C
     pairs = [literal_column(f"'{pair}'", String()) for pair in allowed_transition_pairs()]
     moves: ColumnElement[bool] = move.in_(pairs)
     return moves
+
+
+def _raise_for_missing(connection: Connection, report: TaskReport) -> NoReturn:
+    """Why the statement wrote nothing for `report` and no record holds its key."""
+    flow_id = connection.execute(
+        select(_fe.c.flow_id).where(_fe.c.id == report.flow_execution_id)
+    ).first()
+    if flow_id is None:
+        raise UnknownFlowExecution(
+            f"flow execution {report.flow_execution_id} does not exist "
+            "(or belongs to another organization); create it first"
+        )
+    raise TaskNotInFlow(
+        f"task_name {report.task_name!r} is not a task of the flow of flow execution "
+        f"{report.flow_execution_id}; it must match a task name in the flow's task list "
+        "(names are case-sensitive)"
+    )
 
 
 def _fetch_current(

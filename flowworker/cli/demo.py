@@ -1,63 +1,95 @@
-"""`flowworker demo`: the first thing a new user runs; needs no servers."""
+"""`flowworker demo`: the first thing a new user runs.
+
+With no settings it needs no servers: SQLite (`FLOWWORKER_DATABASE_URL`, default
+`sqlite:///flowworker.db` in the current directory), an in-process broker (`memory://`) and
+a worker in a thread of this process. With `CELERY_BROKER_URL` set it uses that broker and
+the workers listening on it (or a worker of its own when none answers), and with
+`FLOWWORKER_DATABASE_URL` / `FLOWWORKER_REDIS_URL` PostgreSQL and Redis notifications.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
 from rich.console import Console
-from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from flowworker.config import Settings
-from persistence.database import create_database_engine, transaction
-from persistence.hierarchy import create_flow_execution, ensure_organization
-from persistence.models import TaskExecution
-from persistence.reports import TaskReport
+from flowworker.cli.run import prepare_app, watch
+from flowworker.flows import FlowRunner, load_flow
+from flowworker.flows.embedded import EmbeddedWorker
+from flowworker.flows.progress import attempts_table
+from flowworker.history import History
+from persistence.database import create_database_engine
 from persistence.schema import upgrade_database
 from persistence.status import ExecutionStatus
-from persistence.upsert import upsert_task_executions
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from sqlalchemy import Engine
+
+DEMO_FLOW = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+OUTPUT_FILE = "flowworker-demo-output.json"
 
 
 @click.command()
-def demo() -> None:
-    """Create the database and record a sample flow execution in it."""
-    settings = Settings.load()
-    engine = create_database_engine(settings.database_url)
+@click.option(
+    "--flow",
+    "flow_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEMO_FLOW,
+    show_default="examples/demo.yaml",
+    help="Run this flow instead of the bundled demo.",
+)
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the flow.")
+def demo(flow_file: Path, timeout: float) -> None:
+    """Run an example flow (parallel branch, loop, a retried failure) and show its history."""
+    embedded = not os.environ.get("CELERY_BROKER_URL")
+    app, settings = prepare_app(None, None, memory_broker=embedded)
+    engine = create_database_engine(settings.database_url, json_max_bytes=settings.json_max_bytes)
     upgrade_database(engine)
-    with transaction(engine) as connection:
-        organization_id = ensure_organization(connection, settings.organization)
-        flow_execution_id = create_flow_execution(connection, organization_id)
-    reports = [
-        TaskReport(flow_execution_id, "extract", 0, ExecutionStatus.QUEUED, input={"rows": 3}),
-        TaskReport(flow_execution_id, "extract", 0, ExecutionStatus.RUNNING),
-        TaskReport(flow_execution_id, "extract", 0, ExecutionStatus.COMPLETED, output=[1, 2, 3]),
-        TaskReport(flow_execution_id, "load", 0, ExecutionStatus.RUNNING),
-        TaskReport(
-            flow_execution_id,
-            "load",
-            0,
-            ExecutionStatus.FAILED,
-            error={"message": "disk full", "type": "OSError", "traceback": ""},
-        ),
-        TaskReport(flow_execution_id, "load", 1, ExecutionStatus.COMPLETED, output={"loaded": 3}),
-    ]
-    with transaction(engine, organization_id) as connection:
-        upsert_task_executions(connection, reports)
-        rows = (
-            Session(connection)
-            .execute(
-                select(TaskExecution)
-                .where(TaskExecution.flow_execution_id == flow_execution_id)
-                .order_by(TaskExecution.task_name, TaskExecution.task_execution_idx)
-            )
-            .scalars()
-        )
-        table = Table(title=f"flow execution {flow_execution_id}")
-        for heading in ("task", "idx", "status", "output / error"):
-            table.add_column(heading)
-        for row in rows:
-            detail = row.output if row.error is None else row.error["message"]
-            table.add_row(row.task_name, str(row.task_execution_idx), row.status, str(detail))
+    definition = load_flow(flow_file, app.tasks.__contains__)
     console = Console()
-    console.print(table)
-    console.print(f"recorded in {engine.url.render_as_string()}")
+    worker = _choose_worker(app, embedded, console)
+    console.print(f"database: {_where(engine)}")
+    runner = FlowRunner(app, engine=engine, settings=settings)
+    output = Path.cwd() / OUTPUT_FILE
+    inputs = {"output_path": str(output)} if "output_path" in definition.inputs else {}
+    with worker:
+        flow_execution_id = runner.run(definition, inputs)
+        console.print(f"flow execution [bold]{flow_execution_id}[/] of {definition.name}")
+        flow = watch(runner, flow_execution_id, definition, console, timeout)
+    with History(engine=engine, settings=settings) as history:
+        flow = history.get_flow_execution(flow_execution_id)
+    console.print(attempts_table(flow, "recorded history: one row per execution"))
+    console.print("where the data lives:")
+    console.print(f"  records   {_where(engine)} (tables task_executions, task_execution_events)")
+    if output.exists():
+        console.print(f"  output    {output}")
+    console.print(f"  explore   flowworker flow-executions show {flow_execution_id}")
+    console.print(f"            flowworker executions list --flow-execution {flow_execution_id}")
+    if flow.status is not ExecutionStatus.COMPLETED:
+        sys.exit(1)
+
+
+def _choose_worker(app: Celery, embedded: bool, console: Console) -> Any:
+    if embedded:
+        console.print("broker: in-process (memory://); worker: in this process (threads)")
+        return EmbeddedWorker(app)
+    broker = app.connection().as_uri()
+    replies = app.control.ping(timeout=1.0)
+    if replies:
+        names = ", ".join(name for reply in replies for name in reply)
+        console.print(f"broker: {broker}; workers: {names}")
+        return contextlib.nullcontext()
+    console.print(f"broker: {broker}; no worker answered, starting one in this process")
+    return EmbeddedWorker(app)
+
+
+def _where(engine: Engine) -> str:
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        return f"SQLite file {Path(engine.url.database).resolve()}"
+    return engine.url.render_as_string(hide_password=True)

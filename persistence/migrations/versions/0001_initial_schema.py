@@ -32,6 +32,16 @@ STATUS_KNOWN = (
 )
 
 
+# frozen too: the tenant tables this revision creates (later revisions add their own)
+TENANT_TABLES = (
+    "flows",
+    "flow_executions",
+    "task_executions",
+    "task_execution_events",
+    "task_index_counters",
+)
+
+
 def upgrade() -> None:
     op.create_table(
         "organizations",
@@ -241,7 +251,7 @@ def upgrade() -> None:
 
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        for statement in ddl.POSTGRES_HISTORY_TRIGGER + ddl.postgres_rls_policies():
+        for statement in ddl.POSTGRES_HISTORY_TRIGGER + ddl.postgres_rls_policies(TENANT_TABLES):
             op.execute(statement)
     else:
         for statement in ddl.SQLITE_HISTORY_TRIGGER:
@@ -251,7 +261,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        for statement in ddl.postgres_rls_policies_drop() + ddl.POSTGRES_HISTORY_TRIGGER_DROP:
+        for statement in (
+            ddl.postgres_rls_policies_drop(TENANT_TABLES) + ddl.POSTGRES_HISTORY_TRIGGER_DROP
+        ):
             op.execute(statement)
     else:
         for statement in ddl.SQLITE_HISTORY_TRIGGER_DROP:
