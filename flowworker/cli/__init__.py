@@ -15,11 +15,14 @@ from persistence.errors import FlowworkerError
 
 # command name -> "module:attribute"; one line per area.
 COMMANDS = {
+    "cancel": "flowworker.cli.cancel:cancel",
     "db": "flowworker.cli.db:db",
     "demo": "flowworker.cli.demo:demo",
     "executions": "flowworker.cli.executions:executions",
     "flow-executions": "flowworker.cli.flow_executions:flow_executions",
     "keys": "flowworker.cli.keys:keys",
+    "rerun": "flowworker.cli.rerun:rerun",
+    "run": "flowworker.cli.run:run",
     "serve": "flowworker.cli.serve:serve",
     "watch": "flowworker.cli.watch:watch",
 }
