@@ -155,9 +155,14 @@ def update_flow_execution_status(
 
 
 def fetch_dispatches(
-    connection: Connection, flow_execution_id: uuid.UUID, *, include_superseded: bool = False
+    connection: Connection,
+    flow_execution_id: uuid.UUID,
+    *,
+    include_superseded: bool = False,
+    task_name: str | None = None,
 ) -> list[DispatchRow]:
-    """The ledger of a flow execution with each record's status, output and error."""
+    """The ledger of a flow execution (or of one of its tasks) with each record's status,
+    output and error."""
     query = (
         select(
             _dispatches.c.task_name,
@@ -183,6 +188,8 @@ def fetch_dispatches(
     )
     if not include_superseded:
         query = query.where(_dispatches.c.superseded.is_(False))
+    if task_name is not None:
+        query = query.where(_dispatches.c.task_name == task_name)
     return [
         DispatchRow(
             row.task_name,

@@ -80,12 +80,14 @@ def _choose_worker(app: Celery, embedded: bool, console: Console) -> Any:
         console.print("broker: in-process (memory://); worker: in this process (threads)")
         return EmbeddedWorker(app)
     broker = app.connection().as_uri()
-    replies = app.control.ping(timeout=1.0)
-    if replies:
-        names = ", ".join(name for reply in replies for name in reply)
-        console.print(f"broker: {broker}; workers: {names}")
+    queue = app.conf.task_default_queue
+    # any worker on the broker answers a ping; only those consuming our queue will run the flow
+    active = app.control.inspect(timeout=1.0).active_queues() or {}
+    names = [name for name, queues in active.items() if any(q["name"] == queue for q in queues)]
+    if names:
+        console.print(f"broker: {broker}; workers on queue {queue!r}: {', '.join(names)}")
         return contextlib.nullcontext()
-    console.print(f"broker: {broker}; no worker answered, starting one in this process")
+    console.print(f"broker: {broker}; no worker consumes {queue!r}, starting one in this process")
     return EmbeddedWorker(app)
 
 

@@ -35,6 +35,8 @@ from persistence.reports import TaskReport, utcnow
 from persistence.status import ExecutionStatus
 from persistence.upsert import upsert_task_executions
 
+_IN_FLIGHT = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
@@ -52,12 +54,27 @@ def fetch_definition(connection: Connection, flow_id: uuid.UUID) -> FlowDefiniti
 
 
 def advance_flow_execution(
-    connection: Connection, flow_execution_id: uuid.UUID, *, redact_keys: Iterable[str] = ()
+    connection: Connection,
+    flow_execution_id: uuid.UUID,
+    *,
+    redact_keys: Iterable[str] = (),
+    completed_task: str | None = None,
 ) -> list[Dispatch]:
-    """Start what is ready, settle what cannot run, update the flow execution's status."""
+    """Start what is ready, settle what cannot run, update the flow execution's status.
+
+    `completed_task`: the advance follows a completion of this task. While other executions
+    of it are still queued or running, nothing can start (whatever needs the task needs all
+    of its loop iterations) and nothing can end, so the advance stops there: a loop of N
+    items costs N cheap advances and one full one, not N full ones.
+    """
     locked = lock_flow_execution(connection, flow_execution_id)
     if locked.flow_id is None:
         return []  # an ad-hoc Celery workflow: Celery drives it, not us
+    if completed_task is not None and any(
+        row.status in _IN_FLIGHT
+        for row in fetch_dispatches(connection, flow_execution_id, task_name=completed_task)
+    ):
+        return []
     definition = fetch_definition(connection, locked.flow_id)
     rows = fetch_dispatches(connection, flow_execution_id)
     cancelled = locked.status is ExecutionStatus.CANCELLED

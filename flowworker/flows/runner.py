@@ -113,15 +113,20 @@ class FlowRunner:
         self.advance(flow_execution_id)
         return flow_execution_id
 
-    def advance(self, flow_execution_id: uuid.UUID) -> None:
+    def advance(self, flow_execution_id: uuid.UUID, *, completed_task: str | None = None) -> None:
         """Decide and record (one transaction), then publish; a message that cannot be
-        published is recorded `failed`, and the flow advances again (its retry policy)."""
+        published is recorded `failed`, and the flow advances again (its retry policy).
+        `completed_task`: see `advance_flow_execution`."""
         organization_id = self.fetch_organization_id()
         for _ in range(_MAX_ROUNDS):
             with transaction(self.engine, organization_id) as connection:
                 dispatches = advance_flow_execution(
-                    connection, flow_execution_id, redact_keys=self.settings.redact_keys
+                    connection,
+                    flow_execution_id,
+                    redact_keys=self.settings.redact_keys,
+                    completed_task=completed_task,
                 )
+            completed_task = None
             if not self.publish(flow_execution_id, dispatches):
                 return
 

@@ -1,11 +1,11 @@
 """The worker side of flows: the advance task, and the listener that sends it.
 
-`register(app)` adds the task `flowworker.flows.advance` to a Celery app and makes every
-terminal report of a flow's task (recorded in this worker) publish one advance message for
-its flow execution. Celery calls `link` callbacks before the success signal is handled, so
-the flow is driven from the recorder's terminal listener instead: by then the report is
-handed to the recorder; the listener waits (bounded) for it to be written, so the advance
-sees it, and an advance that still does not see it retries until it does.
+`register(app)` makes every terminal report of a flow's task (recorded in this worker)
+advance its flow execution. Celery calls `link` callbacks before the success signal is
+handled, so the flow is driven from the recorder's terminal listener instead: it waits
+(bounded) for the recorder to write the report, then advances in place. When it cannot (the
+database is slow or away), it publishes the task `flowworker.flows.advance` (not recorded),
+which retries until the report is visible, then advances.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from flowworker.pending import PendingReport
 from flowworker.plugin import active_plugin
 from persistence.database import transaction
 from persistence.flows import fetch_record_status
+from persistence.status import ExecutionStatus
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -59,24 +60,54 @@ def register(app: Celery) -> None:
 
 
 def _make_listener(app: Celery) -> Any:
-    def publish_advance(item: PendingReport) -> None:
+    def advance_after(item: PendingReport) -> None:
         if item.ad_hoc is not None:
             return  # a plain Celery workflow: nothing to advance
-        plugin = active_plugin()
-        if plugin is not None:
-            plugin.recorder.flush(_FLUSH_TIMEOUT)  # a False here is what the retry is for
         report = item.report
+        plugin = active_plugin()
+        # Advance right here, once the recorder has written the report: no extra message and
+        # task per execution. When that cannot be done now (the database is slow or away),
+        # an advance message does it later, retrying until the report is visible.
+        if plugin is not None and plugin.recorder.flush(_FLUSH_TIMEOUT):
+            try:
+                _advance_if_visible(
+                    app, report.flow_execution_id, report.task_name, report.task_execution_idx
+                )
+                return
+            except Exception:
+                log.warning(
+                    "flowworker: advancing %s here failed; sending an advance message",
+                    report.flow_execution_id,
+                    exc_info=True,
+                )
         app.send_task(
             ADVANCE_TASK,
-            args=[
-                str(report.flow_execution_id),
-                report.task_name,
-                report.task_execution_idx,
-            ],
+            args=[str(report.flow_execution_id), report.task_name, report.task_execution_idx],
             add_to_parent=False,
         )
 
-    return publish_advance
+    return advance_after
+
+
+class _NotVisibleYet(Exception):
+    pass
+
+
+def _advance_if_visible(
+    app: Celery, flow_execution_id: uuid.UUID, task_name: str, task_execution_idx: int
+) -> None:
+    """Advance after the report of (task_name, idx); `_NotVisibleYet` while it is not in the
+    database (then the advance could not see what it is about)."""
+    plugin = active_plugin()
+    if plugin is None:
+        raise RuntimeError("flowworker is not installed in this worker; cannot advance flows")
+    runner = FlowRunner(app, engine=plugin.recorder.engine, settings=plugin.settings)
+    with transaction(runner.engine, runner.fetch_organization_id()) as connection:
+        status = fetch_record_status(connection, flow_execution_id, task_name, task_execution_idx)
+    if status is None or not status.is_terminal:
+        raise _NotVisibleYet(f"{task_name}[{task_execution_idx}]")
+    completed = task_name if status is ExecutionStatus.COMPLETED else None
+    runner.advance(flow_execution_id, completed_task=completed)
 
 
 def _define_advance_task(app: Celery) -> None:
@@ -88,17 +119,12 @@ def _define_advance_task(app: Celery) -> None:
         max_retries=_NOT_YET_VISIBLE_RETRIES,
     )
     def advance(self: Any, flow_execution_id: str, task_name: str, task_execution_idx: int) -> None:
-        plugin = active_plugin()
-        if plugin is None:
-            log.error("flowworker is not installed in this worker; cannot advance flows")
-            return
-        runner = FlowRunner(self.app, engine=plugin.recorder.engine, settings=plugin.settings)
-        key = uuid.UUID(flow_execution_id)
-        with transaction(runner.engine, runner.fetch_organization_id()) as connection:
-            status = fetch_record_status(connection, key, task_name, task_execution_idx)
-        if status is None or not status.is_terminal:
-            raise self.retry(countdown=_NOT_YET_VISIBLE_DELAY)
-        runner.advance(key)
+        try:
+            _advance_if_visible(
+                self.app, uuid.UUID(flow_execution_id), task_name, task_execution_idx
+            )
+        except _NotVisibleYet:
+            raise self.retry(countdown=_NOT_YET_VISIBLE_DELAY) from None
 
 
 __all__ = ["ADVANCE_TASK", "register"]

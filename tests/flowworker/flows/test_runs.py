@@ -5,11 +5,21 @@ marks stale and runs again, cancellation revokes."""
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from flowworker.flows import RerunRefused
+from flowworker.flows import RerunRefused, parse_flow
+from flowworker.flows.runner import store_flow
+from flowworker.flows.worker import ADVANCE_TASK
+from persistence.database import transaction
+from persistence.flows import NewDispatch, insert_dispatches
+from persistence.hierarchy import create_flow_execution
+from persistence.reports import TaskReport
+from persistence.status import ExecutionStatus
+from persistence.upsert import upsert_task_executions
 from tests.flowworker.flows.conftest import Flows, wait_for_status
 
 
@@ -217,3 +227,36 @@ tasks:
     records = flows.records(flow_execution_id)
     assert [(r.task_name, r.status) for r in records] == [("slow", "cancelled")] * 4
     assert not flows.runner.cancel(flow_execution_id).cancelled
+
+
+def test_the_advance_message_waits_until_the_report_is_visible(flows: Flows) -> None:
+    """The fallback path: a worker that could not advance in place sends an advance message;
+    it retries until the report it is about is in the database, then advances."""
+    definition = parse_flow(
+        f"name: t{uuid.uuid4().hex[:8]}\nversion: '1'\ntasks:\n"
+        "  - {name: a, task: tasks.echo}\n"
+        "  - {name: b, task: tasks.echo, input: {value: '{{a.output}}'}}\n"
+    )
+    organization_id = flows.runner.fetch_organization_id()
+    with transaction(flows.engine) as connection:
+        flow_id = store_flow(connection, organization_id, definition)
+        flow_execution_id = create_flow_execution(
+            connection, organization_id, flow_id=flow_id, status=ExecutionStatus.RUNNING
+        )
+        insert_dispatches(
+            connection, flow_execution_id, organization_id, [NewDispatch("a", 0, 0, 0, None)]
+        )
+        upsert_task_executions(
+            connection, [TaskReport(flow_execution_id, "a", 0, ExecutionStatus.RUNNING)]
+        )
+    flows.runner.app.send_task(ADVANCE_TASK, args=[str(flow_execution_id), "a", 0])
+    time.sleep(1.5)  # the advance runs, does not see a completed `a`, and retries
+    assert flows.records(flow_execution_id, task_name="b") == []
+    with transaction(flows.engine) as connection:
+        upsert_task_executions(
+            connection,
+            [TaskReport(flow_execution_id, "a", 0, ExecutionStatus.COMPLETED, output=7)],
+        )
+    assert flows.wait_finished(flow_execution_id) == "completed"
+    [b] = flows.records(flow_execution_id, task_name="b")
+    assert b.output == 7
