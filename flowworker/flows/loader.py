@@ -13,9 +13,10 @@ from typing import Any
 import yaml
 
 from flowworker.flows.definition import FlowDefinition, RetryPolicy, TaskSpec
-from flowworker.flows.errors import FlowValidationError, Problem, TemplateError
+from flowworker.flows.errors import FlowValidationError, Problem
 from flowworker.flows.graph import find_cycle
-from flowworker.flows.templates import iter_templates, parse_reference
+from flowworker.flows.references import check_templates
+from flowworker.flows.templates import iter_templates
 from persistence.models import TASK_NAME_MAX_LENGTH
 
 _TOP_LEVEL = {"name", "version", "description", "inputs", "tasks"}
@@ -257,33 +258,17 @@ class _Reader:
             if key not in fields:
                 continue
             node = fields[key][1]
-            for text in iter_templates(_value(node)):
-                try:
-                    reference = parse_reference(text)
-                except TemplateError as exc:
-                    self.add(node, str(exc))
-                    continue
-                shown = "{{" + text.strip() + "}}"
-                if reference.kind == "item" and not allows_item:
-                    self.add(
-                        node,
-                        f"{shown} in {key!r}: only the input of a task with a 'loop' may use item",
-                    )
-                elif reference.kind == "inputs" and reference.name not in input_names:
-                    self.add(
-                        node,
-                        f"template {shown} names input {reference.name!r}, which the flow "
-                        "does not declare under 'inputs'",
-                    )
-                elif reference.kind == "task" and reference.name not in names:
-                    self.add(
-                        node,
-                        f"template {shown} names no task of this flow ({reference.name!r})",
-                    )
-                elif reference.kind == "task" and reference.name == task.name:
-                    self.add(node, f"task {task.name!r} uses its own output")
-                elif reference.kind == "task" and reference.name not in depends_on:
-                    depends_on.append(str(reference.name))
+            problems, used = check_templates(
+                _value(node),
+                where=key,
+                task_name=task.name,
+                allows_item=allows_item,
+                task_names=names,
+                input_names=input_names,
+            )
+            for problem in problems:
+                self.add(node, problem)
+            depends_on += [name for name in used if name not in depends_on]
         return TaskSpec(
             task.name, task.task, task.input, tuple(depends_on), task.retry, task.loop, task.line
         )
