@@ -35,8 +35,6 @@ def install(app: Celery | None = None, **overrides: Any) -> Plugin:
         previous.recorder.close()
     plugin = Plugin(app, settings)
     activate(plugin)
-    if app is not None:
-        _enable_task_events(app)
     _connect_signals()
     return plugin
 
@@ -47,13 +45,6 @@ def uninstall() -> None:
     activate(None)
     if plugin is not None:
         plugin.recorder.close()
-
-
-def _enable_task_events(app: Celery) -> None:
-    # Flower needs task events; respect a user who turned them off explicitly.
-    for key in ("worker_send_task_events", "task_send_sent_event"):
-        if key not in app.conf.changes:
-            app.conf[key] = True
 
 
 _HANDLERS = (

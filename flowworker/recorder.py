@@ -70,7 +70,7 @@ class Recorder:
         settings: Settings,
         *,
         notifier_factory: Callable[[Settings], Notifier | None] | None = None,
-        batch_delay: float = 0.02,
+        batch_delay: float = 0.05,
         batch_size: int = 500,
     ) -> None:
         self.settings = settings
@@ -109,6 +109,7 @@ class Recorder:
             self._queue_lock = threading.Condition()
             self._replaying = False  # the journal, not the queue, is the source of truth
             self._overflow = False  # reports went to the journal only (memory queue full)
+            self._flush_requested = False
             self._known_flow_executions: dict[uuid.UUID, None] = {}
             self._organization_ensured = False
             self._stopping = False
@@ -143,7 +144,7 @@ class Recorder:
                 self._queue.append((item, offset))
             else:
                 self._overflow = True  # the writer reads it back from the journal
-            if item.report.status.is_terminal or len(self._queue) >= self.batch_size:
+            if len(self._queue) >= self.batch_size:
                 self._queue_lock.notify()
 
     def default_organization_id(self) -> uuid.UUID:
@@ -180,6 +181,7 @@ class Recorder:
         deadline = time.monotonic() + timeout
         while self._journal.backlog():
             with self._queue_lock:
+                self._flush_requested = True
                 self._queue_lock.notify()
             if time.monotonic() > deadline:
                 return False
@@ -241,13 +243,15 @@ class Recorder:
 
     def _take_batch(self) -> list[tuple[PendingReport, int]]:
         with self._queue_lock:
-            if not self._queue and not self._stopping:
+            hurry = self._stopping or self._flush_requested
+            if not self._queue and not hurry:
                 self._queue_lock.wait(1.0)
-            elif not self._stopping and not any(
-                item.report.status.is_terminal for item, _ in self._queue
-            ):
-                # only non-terminal reports: give the terminal ones a moment to join them
+            hurry = self._stopping or self._flush_requested
+            if self._queue and not hurry and len(self._queue) < self.batch_size:
+                # Every report is safe in the journal already: let a batch build up, so one
+                # transaction serves many tasks (a pool process runs one task at a time).
                 self._queue_lock.wait(self.batch_delay)
+            self._flush_requested = False
             batch = self._queue[: self.batch_size]
             del self._queue[: self.batch_size]
         committed = self._journal.committed

@@ -172,7 +172,7 @@ def _record_finished(
         return
     report = _with(_report(assigned, request, status), output=output, error=error)
     item = _pending(report, assigned, getattr(request, "root_id", None))
-    plugin.recorder.record(item)  # returns once durable
+    plugin.recorder.record(item)  # journaled on return
     plugin.announce_terminal(item)
 
 

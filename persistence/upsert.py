@@ -220,6 +220,21 @@ def _source_row(report: TaskReport, written_at: Any) -> tuple[Any, ...]:
     )
 
 
+def _json_row(position: int, row: tuple[Any, ...], serialize: Callable[[Any], str]) -> str:
+    scalars = {
+        name: (value if value is None or isinstance(value, int | str) else str(value))
+        for (name, _), value in zip(_SOURCE_COLUMNS, row, strict=True)
+        if name not in _JSON_COLUMNS
+    }
+    scalars["position"] = position
+    documents = ",".join(
+        f'"{name}":{"null" if value is None else serialize(value)}'
+        for (name, _), value in zip(_SOURCE_COLUMNS, row, strict=True)
+        if name in _JSON_COLUMNS
+    )
+    return f"{json.dumps(scalars, separators=(',', ':'))[:-1]},{documents}}}"
+
+
 def _prepare(
     connection: Connection, reports: list[TaskReport], written_at: Any
 ) -> tuple[Any, dict[str, Any]]:
@@ -227,16 +242,12 @@ def _prepare(
     dialect = connection.dialect
     rows = [_source_row(report, written_at) for report in reports]
     if dialect.name == "postgresql":
-        # JSON goes in as text[], serialized as the engine's JSON columns would do it.
+        # The whole batch travels as one JSON document (json_to_recordset): json.dumps is C
+        # code, while psycopg dumps array parameters element by element in Python. input,
+        # output and error are spliced in as the engine's JSON encoder wrote them.
         serialize: Callable[[Any], str] = getattr(dialect, "_json_serializer", None) or json.dumps
-        arrays: dict[str, list[Any]] = {}
-        for (name, _), values in zip(_SOURCE_COLUMNS, zip(*rows, strict=True), strict=True):
-            arrays[name] = (
-                [None if v is None else serialize(v) for v in values]
-                if name in _JSON_COLUMNS
-                else list(values)
-            )
-        return _upsert_statement(dialect.name, 0), arrays
+        document = "[" + ",".join(_json_row(n, row, serialize) for n, row in enumerate(rows)) + "]"
+        return _upsert_statement(dialect.name, 0), {"reports": document}
     size = 1 << (len(rows) - 1).bit_length()
     parameters: dict[str, Any] = {
         f"{name}_{n}": value
@@ -251,18 +262,15 @@ def _prepare(
 
 def _source(dialect: str, size: int) -> FromClause:
     if dialect == "postgresql":
-        arrays = [
-            bindparam(name, type_=postgresql.ARRAY(Text() if name in _JSON_COLUMNS else type_))
-            for name, type_ in _SOURCE_COLUMNS
-        ]
         columns = [
-            column(name, Text() if name in _JSON_COLUMNS else type_)
+            column(name, postgresql.JSON() if name in _JSON_COLUMNS else type_)
             for name, type_ in _SOURCE_COLUMNS
         ]
+        document = cast(bindparam("reports", type_=Text()), postgresql.JSON())
         return (
-            func.unnest(*arrays)
-            .table_valued(*columns, with_ordinality="position", name="reports")
-            .render_derived(name="r")
+            func.json_to_recordset(document)
+            .table_valued(*columns, column("position", Integer()), name="reports")
+            .render_derived(name="r", with_types=True)
         )
     # SQLite has no column aliases on VALUES; a UNION ALL of one-row SELECTs does the same.
     selects = [
@@ -280,8 +288,8 @@ def _source(dialect: str, size: int) -> FromClause:
 def _upsert_statement(dialect: str, size: int) -> Any:
     """The upsert for `size` report rows (PostgreSQL: any number; pass 0)."""
     source = _source(dialect, size)
-    # On PostgreSQL unnest's arrays are typed already; JSON travels as text and is cast
-    # to JSONB here. (In SQLite a cast would change the stored affinity.)
+    # On PostgreSQL the record set is typed already; JSON arrives as json and is cast to
+    # JSONB here. (In SQLite a cast would change the stored affinity.)
     src = SimpleNamespace(
         **{
             name: cast(source.c[name], type_)
