@@ -1,13 +1,25 @@
 """flowworker: record every Celery task execution of a workflow into SQL.
 
-import flowworker
-flowworker.install(app)
+Record (one line in your Celery app)::
+
+    import flowworker
+    flowworker.install(app)
+
+Query and watch::
+
+    history = flowworker.History()
+    page = history.list_task_executions(statuses=["failed"])
+    for change in flowworker.subscribe(redis_url, organization_id):
+        ...
 """
 
 from __future__ import annotations
 
 from flowworker.config import Settings
+from flowworker.history import History
 from flowworker.install import install, uninstall
+from flowworker.notification import Notification
+from flowworker.subscribe import Subscription, subscribe
 from persistence.errors import (
     ConfigurationError,
     FlowworkerError,
@@ -29,6 +41,11 @@ __all__ = [
     "install",
     "uninstall",
     "Settings",
+    # querying and watching
+    "History",
+    "subscribe",
+    "Subscription",
+    "Notification",
     # records
     "ExecutionStatus",
     # exceptions

@@ -52,6 +52,8 @@ _RETRY_DELAY = 1.0
 class Notifier(Protocol):
     def publish_changes(self, results: list[UpsertResult]) -> None: ...
 
+    def close(self, timeout: float = 5.0) -> None: ...
+
 
 @dataclass
 class RecorderStats:
@@ -197,6 +199,8 @@ class Recorder:
             self._queue_lock.notify()
         self._thread.join(timeout=2.0)
         self._journal.close()
+        if self._notifier is not None:
+            self._notifier.close(timeout=min(timeout, 5.0))
         if not flushed:
             log.warning(
                 "flowworker: %d bytes of reports are still in the journal in %s; the next "
