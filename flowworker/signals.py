@@ -65,7 +65,7 @@ def record_task_published(
         task_execution_idx=assigned.task_execution_idx,
         status=ExecutionStatus.QUEUED,
         input=task_input(args, kwargs, plugin.settings.redact_keys),
-        celery_task_id=headers.get("id"),
+        celery_task_id=_bounded(headers.get("id")),
         attempt=int(headers.get("retries") or 0),
     )
     plugin.recorder.record(_pending(report, assigned, headers.get("root_id")))
@@ -182,10 +182,16 @@ def _report(assigned: ExecutionIdentity, request: Any, status: ExecutionStatus) 
         task_name=assigned.task_name,
         task_execution_idx=assigned.task_execution_idx,
         status=status,
-        celery_task_id=getattr(request, "id", None),
+        celery_task_id=_bounded(getattr(request, "id", None)),
         attempt=int(getattr(request, "retries", 0) or 0),
-        worker=getattr(request, "hostname", None),
+        worker=_bounded(getattr(request, "hostname", None)),
     )
+
+
+def _bounded(value: Any, limit: int = 255) -> str | None:
+    """Host names and task ids longer than their columns are cut, not refused: the record
+    matters more than the tail of a name."""
+    return None if value is None else str(value)[:limit]
 
 
 def _with(report: TaskReport, **changes: Any) -> TaskReport:

@@ -14,14 +14,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], hostname: str, pool: str, concurrency: int, log: Path):
+    def __init__(
+        self,
+        env: dict[str, str],
+        hostname: str,
+        pool: str,
+        concurrency: int,
+        log: Path,
+        app: str = "tests.flowworker.celery_app",
+    ):
         self.log = log
         command = [
             sys.executable,
             "-m",
             "celery",
             "-A",
-            "tests.flowworker.celery_app",
+            app,
             "worker",
             "--pool",
             pool,
