@@ -11,6 +11,7 @@ from celery import signals as celery_signals
 
 from flowworker import signals
 from flowworker.config import Settings
+from flowworker.control import register_operations
 from flowworker.plugin import Plugin, activate, active_plugin
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def install(app: Celery | None = None, **overrides: Any) -> Plugin:
     plugin = Plugin(app, settings)
     activate(plugin)
     _connect_signals()
+    register_operations()  # the flowworker_stats command and the reap task
     return plugin
 
 

@@ -20,10 +20,14 @@ COMMANDS = {
     "demo": "flowworker.cli.demo:demo",
     "executions": "flowworker.cli.executions:executions",
     "flow-executions": "flowworker.cli.flow_executions:flow_executions",
+    "flower": "flowworker.cli.flower:flower",
     "keys": "flowworker.cli.keys:keys",
+    "purge": "flowworker.cli.purge:purge",
+    "reap": "flowworker.cli.reap:reap",
     "rerun": "flowworker.cli.rerun:rerun",
     "run": "flowworker.cli.run:run",
     "serve": "flowworker.cli.serve:serve",
+    "status": "flowworker.cli.status:status",
     "watch": "flowworker.cli.watch:watch",
 }
 
