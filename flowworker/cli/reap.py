@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import os
 import re
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -53,6 +55,9 @@ def parse_age(_ctx: click.Context, param: click.Parameter, value: str) -> dt.tim
 def load_celery_app(spec: str) -> Celery:
     """The Celery app named `module:attribute` (or `module`, meaning `module:app`)."""
     module_name, _, attribute = spec.partition(":")
+    # like `celery -A`: modules of the current directory can be named
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
         app: Celery = getattr(module, attribute or "app")

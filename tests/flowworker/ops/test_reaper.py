@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from flowworker.cli import cli
 from flowworker.reaper import (
+    REAP_TASK_NAME,
     StaleRun,
     WorkersUnreachable,
     _failure_report,
@@ -127,3 +128,12 @@ def test_unreachable_broker_reaps_nothing() -> None:
     nobody = Celery(broker=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     with pytest.raises(WorkersUnreachable, match="nothing was reaped"):
         fetch_live_workers(nobody, 1.0)
+
+
+def test_the_periodic_task_is_registered_and_reaps(worlds: tuple[Recording, Recording]) -> None:
+    recording = worlds[0]
+    task = recording.app.tasks[REAP_TASK_NAME]
+    assert task.flowworker_record is False, "the reaper does not record itself"
+    report = task.apply(kwargs={"older_than_seconds": 3600}).get(timeout=60)
+    assert report["dry_run"] is False
+    assert report["reaped"] == []
