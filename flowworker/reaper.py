@@ -4,8 +4,9 @@ A record stays `running` for good when its whole worker dies (SIGKILL, OOM, powe
 nobody is left to send `task_failure`. The reaper finds records `running` for longer than a
 timeout and asks the live workers (remote control `ping` and `active`) what they really run.
 A record is reaped only when its worker does not answer, or answers but neither runs nor
-holds the task. The write goes through the guarded upsert, so a record that completed
-meanwhile is never touched (`running -> failed` is legal; `completed -> failed` is not).
+holds the task and has no reports waiting for the database (`flowworker_stats`). The write
+goes through the guarded upsert, so a record that completed meanwhile is never touched
+(`running -> failed` is legal; `completed -> failed` is not).
 
 Caveats (see docs/operations.md): a worker with the `solo` pool cannot answer while its task
 runs, so its timeout must exceed its longest task; and a task whose message waits in the
@@ -57,6 +58,8 @@ class LiveWorkers:
 
     responding: frozenset[str]
     task_ids: frozenset[str]
+    #: workers with reports not yet in the database (their records may be about to move)
+    backlogged: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +147,33 @@ def _ask_again(app: Celery, live: LiveWorkers, silent: set[str], timeout: float)
     )
 
 
+def _with_backlogs(app: Celery, live: LiveWorkers, hosts: set[str], timeout: float) -> LiveWorkers:
+    """Which of `hosts` still hold reports the database has not taken (`flowworker_stats`):
+    a worker replaying its journal after a long database outage may be about to finish
+    exactly the records that look stale."""
+    from flowworker.control import COMMAND
+
+    try:
+        replies = app.control.broadcast(
+            COMMAND, destination=sorted(hosts), reply=True, timeout=timeout
+        )
+    except Exception as exc:
+        raise WorkersUnreachable(f"cannot ask the workers ({exc}); nothing was reaped") from exc
+    backlogged = set()
+    for reply in replies or []:
+        for hostname, stats in reply.items():
+            totals = stats.get("totals") if isinstance(stats, dict) else None
+            if totals and (totals.get("backlog_bytes") or totals.get("journal_lines")):
+                backlogged.add(hostname)
+    return LiveWorkers(live.responding, live.task_ids, frozenset(backlogged))
+
+
 def judge(record: RunningRecord, live: LiveWorkers, now: dt.datetime) -> str | None:
-    """Why `record` is stale, or None when a live worker still has it."""
+    """Why `record` is stale, or None when a live worker still has it (or may still write
+    it: its reports are not all in the database yet)."""
     if record.celery_task_id is not None and record.celery_task_id in live.task_ids:
+        return None
+    if record.worker is not None and record.worker in live.backlogged:
         return None
     since = record.started_at or record.updated_at
     seconds = int((now - since).total_seconds())
@@ -183,6 +210,9 @@ def find_stale_runs(
     silent = {r.worker for _, r in candidates if r.worker and r.worker not in live.responding}
     if silent:
         live = _ask_again(app, live, silent, inspect_timeout)
+    answering = {r.worker for _, r in candidates if r.worker and r.worker in live.responding}
+    if answering:
+        live = _with_backlogs(app, live, answering, inspect_timeout)
     stale: list[StaleRun] = []
     for organization_id, record in candidates:
         reason = judge(record, live, now)

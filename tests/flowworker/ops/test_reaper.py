@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ from click.testing import CliRunner
 from flowworker.cli import cli
 from flowworker.reaper import (
     REAP_TASK_NAME,
+    LiveWorkers,
     StaleRun,
     WorkersUnreachable,
     _failure_report,
     fetch_live_workers,
+    judge,
     reap_stale_runs,
 )
 from persistence.database import transaction
@@ -137,3 +140,28 @@ def test_the_periodic_task_is_registered_and_reaps(worlds: tuple[Recording, Reco
     report = task.apply(kwargs={"older_than_seconds": 3600}).get(timeout=60)
     assert report["dry_run"] is False
     assert report["reaped"] == []
+
+
+def test_judge_spares_what_a_live_worker_has_or_may_still_write() -> None:
+    now = dt.datetime.now(dt.UTC)
+    record = RunningRecord(
+        id=uuid.uuid4(),
+        flow_execution_id=uuid.uuid4(),
+        task_name="t",
+        task_execution_idx=0,
+        celery_task_id="c1",
+        attempt=0,
+        worker="w1@h",
+        started_at=now - dt.timedelta(seconds=700),
+        updated_at=now - dt.timedelta(seconds=700),
+    )
+    nobody = LiveWorkers(frozenset(), frozenset())
+    assert judge(record, nobody, now) == "worker w1@h stopped responding; task reaped after 700 s"
+    runs_it = LiveWorkers(frozenset({"w2@h"}), frozenset({"c1"}))
+    assert judge(record, runs_it, now) is None, "redelivered to another worker"
+    forgot_it = LiveWorkers(frozenset({"w1@h"}), frozenset())
+    assert judge(record, forgot_it, now) == (
+        "worker w1@h no longer runs this task; task reaped after 700 s"
+    )
+    still_writing = LiveWorkers(frozenset({"w1@h"}), frozenset(), frozenset({"w1@h"}))
+    assert judge(record, still_writing, now) is None, "its journal may hold the completion"
