@@ -119,6 +119,9 @@ class PrivateRedis:
 
 
 class Worker:
+    #: every worker this run started, so that a crash of the bench leaves none behind
+    started: list[Worker] = []
+
     def __init__(self, env: dict[str, str], log: Path, name: str) -> None:
         self.hostname = f"{name}-{uuid.uuid4().hex[:6]}@127.0.0.1"
         self.log = log
@@ -147,6 +150,7 @@ class Worker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        Worker.started.append(self)
         _wait(lambda: self.process.poll() is None and self.child_pids(), 60, "the worker")
         time.sleep(1.0)
 
@@ -245,6 +249,9 @@ class Bench:
         flowworker.install(app)  # the publisher records `queued`, with these settings
 
     def close(self) -> None:
+        for worker in Worker.started:
+            if worker.process.poll() is None:
+                worker.kill()
         self.engine.dispose()
         self.redis.stop()
         self.cluster.destroy()
