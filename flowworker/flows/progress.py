@@ -102,15 +102,17 @@ def outcome_text(flow: FlowExecutionRecord) -> Text:
 def attempts_table(flow: FlowExecutionRecord, title: str = "recorded task executions") -> Table:
     """One row per execution: each retry, loop iteration and re-execution is its own row."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for heading, justify in (
-        ("task", "left"),
-        ("idx", "right"),
-        ("attempt", "right"),
-        ("status", "left"),
-        ("seconds", "right"),
+    # On a narrow terminal the output column gives way; the short ones keep their width.
+    longest_name = max((len(r.task_name) for r in flow.task_executions), default=4)
+    for heading, justify, width in (
+        ("task", "left", min(max(longest_name, 4), 30)),
+        ("idx", "right", 3),
+        ("attempt", "right", 7),
+        ("status", "left", 9),
+        ("seconds", "right", 7),
     ):
-        table.add_column(heading, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    table.add_column("output / error", no_wrap=True, overflow="ellipsis", max_width=60)
+        table.add_column(heading, justify=justify, no_wrap=True, width=width)  # type: ignore[arg-type]
+    table.add_column("output / error", overflow="fold", max_width=60)
     for record in flow.task_executions:
         seconds = (
             f"{(record.finished_at - record.started_at).total_seconds():.2f}"

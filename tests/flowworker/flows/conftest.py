@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,33 +26,8 @@ class FlowWorker(WorkerProcess):
     """A worker of `tests.flowworker.flows.flow_app` (the tasks app and the flow engine)."""
 
     def __init__(self, env: dict[str, str], hostname: str, log: Path, concurrency: int = 2):
-        self.log = log
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.flowworker.flows.flow_app",
-            "worker",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            str(concurrency),
-            "--hostname",
-            hostname,
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-        self._log_handle = log.open("ab")
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            env, hostname, "prefork", concurrency, log, app="tests.flowworker.flows.flow_app"
         )
 
 
