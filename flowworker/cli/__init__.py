@@ -29,6 +29,7 @@ COMMANDS = {
     "serve": "flowworker.cli.serve:serve",
     "status": "flowworker.cli.status:status",
     "watch": "flowworker.cli.watch:watch",
+    "worker": "flowworker.cli.worker:worker",
 }
 
 
