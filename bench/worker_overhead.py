@@ -13,8 +13,8 @@ import argparse
 import os
 import statistics
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -104,7 +104,7 @@ def run_round(mode: str, tasks: int, concurrency: int, database_url: str) -> flo
         ],
         cwd=ROOT,
         env=env,
-        stdout=log.open("wb"),  # noqa: SIM115 - closed when the worker exits
+        stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
     client = redis.Redis.from_url(REDIS_URL)
