@@ -365,9 +365,9 @@ def test_history_trigger_records_hand_written_changes_and_refuses_edits(
         assert list(to_statuses) == ["queued", "running"]
 
 
+# row-level security exists only on PostgreSQL
+@pytest.mark.parametrize("fresh_url", ["postgres"], indirect=True)
 def test_row_level_security_is_enabled_on_every_tenant_table(fresh_engine: Engine) -> None:
-    if fresh_engine.dialect.name != "postgresql":
-        pytest.skip("row-level security exists only on PostgreSQL")
     upgrade_database(fresh_engine)
     with fresh_engine.connect() as connection:
         enabled = {
