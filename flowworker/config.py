@@ -4,7 +4,9 @@ Each setting NAME is read from the Celery config key ``flowworker_NAME`` or the 
 variable ``FLOWWORKER_NAME`` (upper case): database_url (default ``sqlite:///flowworker.db``),
 redis_url (none: notifications off), organization (``default``), json_max_bytes (1 MiB),
 spool_dir (``~/.cache/flowworker/spool``), redact_keys (comma-separated; password, token,
-secret, ...), flower_url (none), channel_prefix (``flowworker``).
+secret, ...), flower_url (none), channel_prefix (``flowworker``), journal_fsync (false:
+the journal survives a killed process; true: also a machine crash, at a disk flush per
+report).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Settings:
     redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
     flower_url: str | None = None
     channel_prefix: str = "flowworker"
+    #: fsync the journal after every report: survives a machine crash, costs a disk flush
+    journal_fsync: bool = False
 
     @classmethod
     def load(
@@ -79,6 +83,13 @@ def _convert(name: str, raw: Any) -> Any:
         if value < 1024:
             raise ConfigurationError(f"{name} must be at least 1024 bytes, not {value}")
         return value
+    if name == "journal_fsync":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ConfigurationError(f"{name} must be true or false, not {raw!r}")
+        return text in ("1", "true", "yes", "on")
     if name == "spool_dir":
         return Path(raw).expanduser()
     if name == "redact_keys":

@@ -102,7 +102,9 @@ class Recorder:
                 pool_size=2,
             )
             self._journal = Journal(
-                self.settings.spool_dir, json_max_bytes=self.settings.json_max_bytes
+                self.settings.spool_dir,
+                json_max_bytes=self.settings.json_max_bytes,
+                fsync=self.settings.journal_fsync,
             )
             self._notifier = (
                 self._notifier_factory(self.settings) if self._notifier_factory else None

@@ -1,0 +1,107 @@
+"""The per-process journal: offsets, commits, replay, and adoption of dead processes' files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flowworker.journal import SUFFIX, Journal, JournalFull
+from flowworker.pending import PendingReport
+from persistence.reports import TaskReport
+from persistence.status import ExecutionStatus
+
+ROOT = Path(__file__).resolve().parents[2]
+ORGANIZATION = uuid.uuid4()
+
+
+def report(idx: int, status: ExecutionStatus = ExecutionStatus.COMPLETED) -> PendingReport:
+    return PendingReport(
+        TaskReport(uuid.uuid4(), "t", idx, status, output={"idx": idx, "odd": object()}),
+        ORGANIZATION,
+    )
+
+
+def test_offsets_grow_and_a_fully_committed_journal_is_emptied(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, json_max_bytes=1 << 20)
+    offsets = [journal.append(report(n)) for n in range(3)]
+    assert offsets == sorted(offsets)
+    assert journal.backlog() == offsets[-1]
+    journal.commit(offsets[1])
+    assert [item.report.task_execution_idx for item, _ in journal.read_uncommitted(10)] == [2]
+    journal.commit(offsets[2])
+    assert journal.backlog() == 0
+    [path] = tmp_path.glob(f"*{SUFFIX}")
+    assert path.stat().st_size == 0
+    later = journal.append(report(3))
+    assert later > offsets[-1], "offsets never go back, also after the file was emptied"
+    journal.close()
+    assert path.exists(), "uncommitted reports keep the file"
+
+
+def test_a_report_reads_back_as_written(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, json_max_bytes=1 << 20)
+    original = report(7, ExecutionStatus.FAILED)
+    journal.append(original)
+    [(item, _)] = journal.read_uncommitted(10)
+    assert item.report.key == original.report.key
+    assert item.report.status is ExecutionStatus.FAILED
+    assert item.report.output["idx"] == 7
+    assert item.report.output["odd"]["$unserializable"] == "builtins.object"
+    assert item.organization_id == ORGANIZATION
+
+
+def test_the_cap_refuses_instead_of_growing_without_bound(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, json_max_bytes=1 << 20, max_bytes=600)
+
+    def fill() -> None:
+        for n in range(100):
+            journal.append(report(n))
+
+    with pytest.raises(JournalFull):
+        fill()
+    assert journal.dropped == 1
+    assert journal.backlog() <= 600
+
+
+def test_fsync_mode_writes_the_same_lines(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, json_max_bytes=1 << 20, fsync=True)
+    journal.append(report(1))
+    assert len(journal.read_uncommitted(10)) == 1
+
+
+DIE_WITH_A_BACKLOG = """
+import os, sys, uuid
+from pathlib import Path
+from flowworker.journal import Journal
+from flowworker.pending import PendingReport
+from persistence.reports import TaskReport
+from persistence.status import ExecutionStatus
+journal = Journal(Path(sys.argv[1]), json_max_bytes=1 << 20)
+for idx in range(3):
+    journal.append(PendingReport(
+        TaskReport(uuid.uuid4(), "orphan", idx, ExecutionStatus.COMPLETED), uuid.uuid4()))
+with open(next(Path(sys.argv[1]).glob("*.jsonl")), "a") as handle:
+    handle.write('{"torn":')  # a crash in the middle of a line
+os._exit(0)  # no cleanup, like a killed process
+"""
+
+
+def test_the_journal_of_a_dead_process_is_replayed_once_and_removed(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", DIE_WITH_A_BACKLOG, str(tmp_path)], cwd=ROOT, check=True)
+    journal = Journal(tmp_path, json_max_bytes=1 << 20)
+    written: list[PendingReport] = []
+    assert journal.replay_orphans(written.extend) == 3
+    assert [item.report.task_execution_idx for item in written] == [0, 1, 2]
+    assert list(tmp_path.glob(f"*{SUFFIX}")) == []
+
+
+def test_a_live_process_keeps_its_journal(tmp_path: Path) -> None:
+    owner = Journal(tmp_path, json_max_bytes=1 << 20)
+    owner.append(report(1))
+    other = Journal(tmp_path, json_max_bytes=1 << 20)
+    assert other.replay_orphans(lambda items: None) == 0
+    assert len(owner.read_uncommitted(10)) == 1
