@@ -3,12 +3,21 @@ with a bare endpoint of the same app (`POST /_bench/bare`: same auth, validation
 and JSON answer, no database work).
 
     .venv/bin/python bench/http.py [--requests 6000] [--workers 2] [--concurrency 16]
+        [--baseline-tree DIR]
 
 Starts `flowworker serve` on a free port over a PostgreSQL database of its own (created and
 dropped here), then alternates bare and real rounds so that background load on the machine
 hits both alike. The client is a minimal keep-alive HTTP/1.1 client on asyncio: a heavier
 client (httpx) would take CPU from the server it measures on a 2-core machine.
 Each connection reports a task's life as a worker would: queued, running, completed.
+
+Besides req/s and latency it prints the CPU each request cost the server processes and the
+PostgreSQL backends (from /proc; Linux, local server): on a shared machine req/s follows
+the other load, CPU per request much less.
+
+`--baseline-tree DIR` serves the POST a second time from another source tree (for example
+`git archive <commit> | tar -x -C DIR`), same database, its rounds between this tree's:
+a before/after comparison in one run.
 """
 
 from __future__ import annotations
@@ -40,6 +49,11 @@ ADMIN_URL = os.environ.get(
     "FLOWWORKER_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"
 )
 LIFECYCLE = ("queued", "running", "completed")
+ENDPOINT_NAMES = {
+    "bare": "/_bench/bare",
+    "post": "POST /task-executions",
+    "baseline post": "baseline POST /task-exec.",
+}
 
 
 def free_port() -> int:
@@ -108,9 +122,44 @@ async def run_round(
     }
 
 
-def start_server(database_url: str, port: int, workers: int) -> subprocess.Popen[bytes]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes so far (0 for those gone or unreadable)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def server_pids(server: subprocess.Popen[bytes]) -> list[int]:
+    """The `flowworker serve` process and its uvicorn worker processes."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+    try:
+        return [server.pid, *map(int, children.read_text().split())]
+    except OSError:
+        return [server.pid]
+
+
+def backend_pids(dsn: str, database: str) -> list[int]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def start_server(
+    database_url: str, port: int, workers: int, source_tree: Path | None = None
+) -> subprocess.Popen[bytes]:
     env = os.environ | {"FLOWWORKER_API_BARE_ENDPOINT": "1"}
     env.pop("FLOWWORKER_REDIS_URL", None)  # notifications are measured in bench/notify
+    if source_tree is not None:
+        # imported from there (the working directory too: uvicorn puts it on sys.path),
+        # not from this tree's editable install
+        env["PYTHONPATH"] = str(source_tree)
     command = [
         str(Path(sys.executable).with_name("flowworker")),
         "serve",
@@ -123,7 +172,7 @@ def start_server(database_url: str, port: int, workers: int) -> subprocess.Popen
         "--log-level",
         "warning",
     ]
-    server = subprocess.Popen(command, env=env)
+    server = subprocess.Popen(command, env=env, cwd=source_tree)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -142,6 +191,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--baseline-tree", type=Path, help="also serve POST from this source tree, interleaved"
+    )
     args = parser.parse_args()
 
     name = f"flowworker_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -150,7 +202,7 @@ def main() -> None:
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     database_url = admin.set(database=name).render_as_string(hide_password=False)
-    server = None
+    servers: list[subprocess.Popen[bytes]] = []
     try:
         engine = create_database_engine(database_url)
         upgrade_database(engine)
@@ -162,24 +214,44 @@ def main() -> None:
             key = create_api_key(connection, organization_id).plaintext
         engine.dispose()
         port = free_port()
-        server = start_server(database_url, port, args.workers)
+        servers.append(start_server(database_url, port, args.workers))
+        # (label, path, port, server): alternating rounds, in this order
+        runs = [
+            ("bare", "/_bench/bare", port, servers[0]),
+            ("post", "/task-executions", port, servers[0]),
+        ]
+        if args.baseline_tree is not None:
+            port = free_port()
+            servers.append(start_server(database_url, port, args.workers, args.baseline_tree))
+            runs.append(("baseline post", "/task-executions", port, servers[1]))
         per_connection = args.requests // args.concurrency
         per_connection -= per_connection % len(LIFECYCLE)
-        results: dict[str, list[dict[str, float]]] = {"bare": [], "post": []}
-        # warm-up: imports, pools, caches
-        warm = [bodies_for(c + 1000, 30, flow_execution_ids) for c in range(args.concurrency)]
-        asyncio.run(run_round(port, "/_bench/bare", key, warm))
-        asyncio.run(run_round(port, "/task-executions", key, warm))
-        for round_no in range(args.rounds):
-            bodies = [
-                bodies_for(round_no * 100 + c, per_connection, flow_execution_ids)
+        results: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in runs}
+        # warm-up: imports, pools, caches; every run writes tasks of its own
+        for run_no, (_label, path, port, _server) in enumerate(runs):
+            warm = [
+                bodies_for(10_000 + run_no * 1000 + c, 30, flow_execution_ids)
                 for c in range(args.concurrency)
             ]
-            results["bare"].append(asyncio.run(run_round(port, "/_bench/bare", key, bodies)))
-            results["post"].append(asyncio.run(run_round(port, "/task-executions", key, bodies)))
+            asyncio.run(run_round(port, path, key, warm))
+        for round_no in range(args.rounds):
+            for run_no, (label, path, port, server) in enumerate(runs):
+                bodies = [
+                    bodies_for(
+                        round_no * 1000 + run_no * 100 + c, per_connection, flow_execution_ids
+                    )
+                    for c in range(args.concurrency)
+                ]
+                processes, backends = server_pids(server), backend_pids(dsn, name)
+                cpu_before = cpu_seconds(processes), cpu_seconds(backends)
+                result = asyncio.run(run_round(port, path, key, bodies))
+                count = per_connection * args.concurrency
+                result["server_cpu_ms"] = 1000 * (cpu_seconds(processes) - cpu_before[0]) / count
+                result["db_cpu_ms"] = 1000 * (cpu_seconds(backends) - cpu_before[1]) / count
+                results[label].append(result)
         report(args, results)
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
             server.wait(timeout=30)
         with psycopg.connect(dsn, autocommit=True) as connection:
@@ -190,21 +262,34 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]])
     print(
         f"concurrency {args.concurrency}, {args.workers} uvicorn worker(s), "
         f"{args.requests // args.concurrency * args.concurrency} requests per round, "
-        f"{args.rounds} rounds per endpoint (alternating), cpus={os.cpu_count()}"
+        f"{args.rounds} rounds per endpoint (alternating), cpus={os.cpu_count()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'round':>5} {'endpoint':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'round':>5} {'endpoint':<28} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'server CPU ms/req':>18} {'db CPU ms/req':>14}"
+    )
     for round_no in range(args.rounds):
-        for label, path in (("bare", "/_bench/bare"), ("post", "POST /task-executions")):
-            r = results[label][round_no]
+        for label, rounds in results.items():
+            r = rounds[round_no]
+            endpoint = ENDPOINT_NAMES[label]
             print(
-                f"{round_no:>5} {path:<22} {r['requests_per_s']:>8.0f} "
-                f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
+                f"{round_no:>5} {endpoint:<28} {r['requests_per_s']:>8.0f} "
+                f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                f"{r['server_cpu_ms']:>18.2f} {r['db_cpu_ms']:>14.2f}"
             )
     bare = statistics.median(r["requests_per_s"] for r in results["bare"])
-    post = statistics.median(r["requests_per_s"] for r in results["post"])
-    p99 = max(r["p99_ms"] for r in results["post"])
-    print(f"POST/bare throughput ratio (median of rounds): {post / bare:.2f}")
-    print(f"POST: {post:.0f} req/s, worst p99 {p99:.1f} ms (target >= 1000 req/s, p99 < 50 ms)")
+    for label, rounds in results.items():
+        if label == "bare":
+            continue
+        rate = statistics.median(r["requests_per_s"] for r in rounds)
+        p99 = max(r["p99_ms"] for r in rounds)
+        cpu = statistics.median(r["server_cpu_ms"] + r["db_cpu_ms"] for r in rounds)
+        print(
+            f"{label}: {rate:.0f} req/s, {rate / bare:.2f} of bare (medians of rounds), "
+            f"worst p99 {p99:.1f} ms, server + db CPU {cpu:.2f} ms/request"
+        )
+    print("target: >= 1000 POST/s with p99 < 50 ms")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ take a `Connection`.
 from __future__ import annotations
 
 import functools
+import select
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidatePoolError
 
 from persistence.ddl import ORGANIZATION_SETTING
 from persistence.errors import ConfigurationError
@@ -35,7 +37,11 @@ def create_database_engine(
     pool_size: int = 5,
     **engine_options: Any,
 ) -> Engine:
-    """An engine for PostgreSQL (psycopg 3) or SQLite, with flowworker's JSON encoding."""
+    """An engine for PostgreSQL (psycopg 3) or SQLite, with flowworker's JSON encoding.
+
+    PostgreSQL engines ping a pooled connection on checkout (`pool_pre_ping`) unless told
+    `pool_pre_ping=False`; with psycopg they then check, without a round trip, whether the
+    server has closed the connection (`_refuse_closed_connection`)."""
     url = normalize_url(url)
     try:
         parsed = make_url(url)
@@ -58,7 +64,37 @@ def create_database_engine(
     engine = create_engine(url, **options)
     if backend == "sqlite":
         event.listen(engine, "connect", _configure_sqlite)
+    elif not options["pool_pre_ping"] and engine.dialect.driver == "psycopg":
+        event.listen(engine, "checkout", _refuse_closed_connection)
     return engine
+
+
+def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A checkout check that costs no round trip (a ping costs one, and a tenth of a short
+    transaction's CPU): an idle connection has nothing to read unless the server closed it
+    (a restart, `pg_terminate_backend`: a goodbye message, then the end of the stream) or
+    reported a parameter change. Closed: SQLAlchemy discards every older pooled connection,
+    as after a failed ping, and checks out a new one. A server that vanished without closing
+    the connection is not caught here (a ping would wait for the network's timeout too)."""
+    import psycopg
+
+    pgconn = dbapi_connection.pgconn
+    if not dbapi_connection.closed and pgconn.status == psycopg.pq.ConnStatus.OK:
+        poll = select.poll()
+        poll.register(pgconn.socket, select.POLLIN)
+        # a parameter change is read and the connection kept; still more to read after a
+        # few reads is no idle connection either
+        for _ in range(4):
+            if not poll.poll(0):
+                return
+            try:
+                pgconn.consume_input()
+                pgconn.is_busy()  # parses what was read
+            except psycopg.OperationalError:
+                break  # the end of the stream
+            if pgconn.status != psycopg.pq.ConnStatus.OK:
+                break
+    raise InvalidatePoolError("the server closed this pooled connection")
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

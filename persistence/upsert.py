@@ -65,6 +65,7 @@ from persistence.models import (
     TaskExecution,
     UTCDateTime,
 )
+from persistence.records import TaskExecutionRecord
 from persistence.reports import TaskReport, UpsertOutcome, UpsertResult, utcnow
 from persistence.status import ExecutionStatus, allowed_transition_pairs
 
@@ -116,20 +117,43 @@ _RETURNED = (
     _te.c.updated_at,
 )
 _Returned = namedtuple("_Returned", [column.name for column in _RETURNED])  # type: ignore[misc]
+# Every column, in `TaskExecutionRecord`'s order: for callers that answer with the record.
+_RETURNED_FULL = tuple(_te.c[name] for name in TaskExecutionRecord.__dataclass_fields__)
+_ReturnedFull = namedtuple(  # type: ignore[misc]
+    "_ReturnedFull", [column.name for column in _RETURNED_FULL]
+)
+_FULL_STATUS_POSITION = list(TaskExecutionRecord.__dataclass_fields__).index("status")
 
 
-def _run(connection: Connection, statement: Any, parameters: dict[str, Any]) -> list[Any]:
+def _run(
+    connection: Connection, statement: Any, parameters: dict[str, Any], full: bool
+) -> list[Any]:
     """The upsert's RETURNING rows. On PostgreSQL + psycopg the compiled SQL runs on the
     DBAPI cursor (`persistence.compiled`): psycopg already returns the columns' Python
     values, and SQLAlchemy's per-execution machinery would cost more CPU than the insert."""
     if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
-        return [_Returned(*row) for row in fetch_rows(connection, statement, parameters)]
+        row_type = _ReturnedFull if full else _Returned
+        return [row_type(*row) for row in fetch_rows(connection, statement, parameters)]
     return list(connection.execute(statement, parameters))
 
 
 def upsert_task_execution(connection: Connection, report: TaskReport) -> UpsertResult:
     """Create or move forward one task execution; see `upsert_task_executions`."""
     return upsert_task_executions(connection, [report])[0]
+
+
+def upsert_task_execution_record(
+    connection: Connection, report: TaskReport
+) -> tuple[UpsertResult, TaskExecutionRecord]:
+    """`upsert_task_execution`, and the record as it stands afterwards (every column).
+
+    The record comes back from the upsert's own RETURNING, so answering with it costs no
+    second read; the lean `upsert_task_executions` (the recorder's) does not carry input
+    and output back."""
+    [(result, row)] = _upsert(connection, [report], full=True)
+    values = list(row)
+    values[_FULL_STATUS_POSITION] = ExecutionStatus(values[_FULL_STATUS_POSITION])
+    return result, TaskExecutionRecord(*values)
 
 
 def upsert_task_executions(
@@ -141,7 +165,14 @@ def upsert_task_executions(
     report names a flow execution that does not exist (or that row-level security hides);
     the caller's transaction then writes nothing.
     """
-    results: list[UpsertResult | None] = [None] * len(reports)
+    return [result for result, _ in _upsert(connection, reports, full=False)]
+
+
+def _upsert(
+    connection: Connection, reports: Sequence[TaskReport], full: bool
+) -> list[tuple[UpsertResult, Any]]:
+    """Each report's result with the record's row (`_RETURNED` or, if `full`, every column)."""
+    results: list[tuple[UpsertResult, Any] | None] = [None] * len(reports)
     dialect = connection.dialect.name
     started = utcnow()
     statements = 0
@@ -151,11 +182,13 @@ def upsert_task_executions(
             # statement moved it, which tells a move from a gap-filling no-op.
             written_at = started + dt.timedelta(microseconds=statements)
             statements += 1
-            statement, parameters = _prepare(connection, [reports[i] for i in chunk], written_at)
-            returned = {_key_of(row): row for row in _run(connection, statement, parameters)}
+            statement, parameters = _prepare(
+                connection, [reports[i] for i in chunk], written_at, full
+            )
+            returned = {_key_of(row): row for row in _run(connection, statement, parameters, full)}
             moved = {key for key, row in returned.items() if row.updated_at == written_at}
             missing = [reports[i].key for i in chunk if reports[i].key not in returned]
-            current = {**returned, **_fetch_current(connection, missing)}
+            current = {**returned, **_fetch_current(connection, missing, full)}
             for i in chunk:
                 report = reports[i]
                 row = current.get(report.key)
@@ -169,7 +202,7 @@ def upsert_task_executions(
                     )
                 else:
                     _raise_for_missing(connection, report)
-                results[i] = _result(outcome, report, row)
+                results[i] = (_result(outcome, report, row), row)
     return [result for result in results if result is not None]
 
 
@@ -236,7 +269,7 @@ def _json_row(position: int, row: tuple[Any, ...], serialize: Callable[[Any], st
 
 
 def _prepare(
-    connection: Connection, reports: list[TaskReport], written_at: Any
+    connection: Connection, reports: list[TaskReport], written_at: Any, full: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     """The (cached) statement for this many reports, and its parameters."""
     dialect = connection.dialect
@@ -247,7 +280,7 @@ def _prepare(
         # output and error are spliced in as the engine's JSON encoder wrote them.
         serialize: Callable[[Any], str] = getattr(dialect, "_json_serializer", None) or json.dumps
         document = "[" + ",".join(_json_row(n, row, serialize) for n, row in enumerate(rows)) + "]"
-        return _upsert_statement(dialect.name, 0), {"reports": document}
+        return _upsert_statement(dialect.name, 0, full), {"reports": document}
     size = 1 << (len(rows) - 1).bit_length()
     parameters: dict[str, Any] = {
         f"{name}_{n}": value
@@ -257,7 +290,7 @@ def _prepare(
     parameters.update(
         {f"{name}_{n}": None for n in range(len(rows), size) for name in _SOURCE_NAMES}
     )
-    return _upsert_statement(dialect.name, size), parameters
+    return _upsert_statement(dialect.name, size, full), parameters
 
 
 def _source(dialect: str, size: int) -> FromClause:
@@ -285,8 +318,9 @@ def _source(dialect: str, size: int) -> FromClause:
 
 
 @functools.lru_cache(maxsize=32)
-def _upsert_statement(dialect: str, size: int) -> Any:
-    """The upsert for `size` report rows (PostgreSQL: any number; pass 0)."""
+def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
+    """The upsert for `size` report rows (PostgreSQL: any number; pass 0), returning
+    `_RETURNED` or, if `full`, every column."""
     source = _source(dialect, size)
     # On PostgreSQL the record set is typed already; JSON arrives as json and is cast to
     # JSONB here. (In SQLite a cast would change the stored affinity.)
@@ -400,7 +434,7 @@ def _upsert_statement(dialect: str, size: int) -> Any:
             and_(current.started_at.is_(None), new.started_at.is_not(None)),
             and_(current.input.is_(None), new.input.is_not(None)),
         ),
-    ).returning(*_RETURNED)
+    ).returning(*(_RETURNED_FULL if full else _RETURNED))
 
 
 def transition_guard(current: Any, requested: Any, dialect: str = "sqlite") -> ColumnElement[bool]:
@@ -439,17 +473,20 @@ def _raise_for_missing(connection: Connection, report: TaskReport) -> NoReturn:
 
 
 def _fetch_current(
-    connection: Connection, keys: Iterable[tuple[uuid.UUID, str, int]]
+    connection: Connection, keys: Iterable[tuple[uuid.UUID, str, int]], full: bool = False
 ) -> dict[tuple[uuid.UUID, str, int], Any]:
     keys = list(keys)
     if not keys:
         return {}
-    rows = connection.execute(_CURRENT, {"keys": keys})
+    rows = connection.execute(_CURRENT_FULL if full else _CURRENT, {"keys": keys})
     return {_key_of(row): row for row in rows}
 
 
 # one statement for any number of keys: the IN list is expanded at execution time
 _CURRENT = select(*_RETURNED).where(
+    tuple_(*(_te.c[name] for name in KEY_COLUMNS)).in_(bindparam("keys", expanding=True))
+)
+_CURRENT_FULL = select(*_RETURNED_FULL).where(
     tuple_(*(_te.c[name] for name in KEY_COLUMNS)).in_(bindparam("keys", expanding=True))
 )
 
@@ -471,4 +508,9 @@ def _result(outcome: UpsertOutcome, report: TaskReport, row: Any) -> UpsertResul
     )
 
 
-__all__ = ["transition_guard", "upsert_task_execution", "upsert_task_executions"]
+__all__ = [
+    "transition_guard",
+    "upsert_task_execution",
+    "upsert_task_execution_record",
+    "upsert_task_executions",
+]

@@ -46,8 +46,13 @@ def create_app(
     settings = settings or Settings.load()
     options = options or ApiOptions()
     owns_engine = engine is None
+    # no ping per checkout: a round trip per request; a connection the server closed is
+    # still refused at checkout (see `persistence.database.create_database_engine`)
     engine = engine or create_database_engine(
-        settings.database_url, json_max_bytes=settings.json_max_bytes, pool_size=options.pool_size
+        settings.database_url,
+        json_max_bytes=settings.json_max_bytes,
+        pool_size=options.pool_size,
+        pool_pre_ping=False,
     )
     owns_notifier = notifier is None and settings.redis_url is not None
     if owns_notifier and settings.redis_url is not None:

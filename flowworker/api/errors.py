@@ -178,6 +178,14 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(FlowworkerError, _on_flowworker_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(OperationalError, _on_database_unreachable)
+    try:
+        import psycopg
+    except ImportError:  # SQLite only
+        pass
+    else:
+        # statements run on psycopg's own cursor (`persistence.compiled`, `set_organization`)
+        # raise its errors as they are, not wrapped by SQLAlchemy
+        app.add_exception_handler(psycopg.OperationalError, _on_database_unreachable)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

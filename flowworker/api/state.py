@@ -39,6 +39,7 @@ class ApiState:
             self.notifier.publish_changes(changed)
 
 
-def api_state(request: Request) -> ApiState:
+async def api_state(request: Request) -> ApiState:
+    # async: FastAPI runs a sync dependency in the thread pool, a thread hop per request
     state: ApiState = request.app.state.flowworker
     return state

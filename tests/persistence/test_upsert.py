@@ -231,3 +231,38 @@ def test_refused_late_report_still_fills_what_the_record_lacks(engine: Engine) -
     assert row.input == {"n": 1}
     assert row.queued_at is not None
     assert history(engine) == [(None, "completed")]
+
+
+def test_upsert_record_returns_what_a_read_returns(engine: Engine) -> None:
+    """`upsert_task_execution_record` answers from RETURNING: the same record a read gives,
+    for a creation, a move, a repeat (no row returned) and a refused move."""
+    from persistence.queries import fetch_task_execution
+    from persistence.upsert import upsert_task_execution_record
+
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    reports = [
+        TaskReport(flow_execution_id, "load", 0, S.QUEUED, input={"rows": [1, None, "x"]}),
+        TaskReport(flow_execution_id, "load", 0, S.COMPLETED, output={"ok": True}, attempt=2),
+        TaskReport(flow_execution_id, "load", 0, S.COMPLETED),
+        TaskReport(flow_execution_id, "load", 0, S.RUNNING, worker="late"),
+    ]
+    outcomes = []
+    for report in reports:
+        with transaction(engine, organization_id) as connection:
+            result, record = upsert_task_execution_record(connection, report)
+            assert record == fetch_task_execution(connection, organization_id, record.id)
+        assert (record.id, record.status, record.version) == (
+            result.task_execution_id,
+            result.status,
+            result.version,
+        )
+        outcomes.append(result.outcome)
+    assert outcomes == [
+        UpsertOutcome.CREATED,
+        UpsertOutcome.UPDATED,
+        UpsertOutcome.UNCHANGED,
+        UpsertOutcome.REFUSED,
+    ]
+    assert record.input == {"rows": [1, None, "x"]}
+    assert record.output == {"ok": True}
+    assert isinstance(record.status, S)

@@ -43,7 +43,7 @@ from persistence.queries import (
 from persistence.records import TaskExecutionRecord
 from persistence.reports import TaskReport, UpsertOutcome, UpsertResult
 from persistence.status import ExecutionStatus
-from persistence.upsert import upsert_task_execution
+from persistence.upsert import upsert_task_execution_record
 
 router = APIRouter(tags=["task executions"])
 State = Annotated[ApiState, Depends(api_state)]
@@ -51,8 +51,9 @@ State = Annotated[ApiState, Depends(api_state)]
 
 def _write_report(
     connection: Connection, caller_org: uuid.UUID, report: TaskReport
-) -> UpsertResult:
-    result = upsert_task_execution(connection, report)
+) -> tuple[UpsertResult, TaskExecutionRecord]:
+    """Apply `report`; the result, and the record as the upsert's RETURNING left it."""
+    result, record = upsert_task_execution_record(connection, report)
     # Row-level security hides other organizations' flow executions from the application
     # role; a superuser connection (no RLS) is caught here, and the transaction rolls back.
     if result.organization_id != caller_org:
@@ -61,7 +62,7 @@ def _write_report(
         )
     if result.outcome is UpsertOutcome.REFUSED:
         raise TransitionRefused(result.status, report.status)
-    return result
+    return result, record
 
 
 @router.post(
@@ -90,8 +91,7 @@ def create_task_execution(body: TaskExecutionCreate, caller: Caller, state: Stat
         modified_by=caller.principal,
     )
     with transaction(state.engine, caller.organization_id) as connection:
-        result = _write_report(connection, caller.organization_id, report)
-        record = fetch_task_execution(connection, caller.organization_id, result.task_execution_id)
+        result, record = _write_report(connection, caller.organization_id, report)
     state.publish_changes([result])
     status_code = 201 if result.outcome is UpsertOutcome.CREATED else 200
     return JSONResponse(record.to_dict(), status_code=status_code)
@@ -218,7 +218,8 @@ def update_task_execution(body: TaskExecutionUpdate, caller: Caller, state: Stat
                 error=body.error,
                 modified_by=caller.principal,
             )
-            results.append(_write_report(connection, caller.organization_id, report))
+            result, record = _write_report(connection, caller.organization_id, report)
+            results.append(result)
         if body.re_execute:
             flow_execution = fetch_flow_execution(
                 connection, caller.organization_id, record.flow_execution_id
@@ -226,7 +227,6 @@ def update_task_execution(body: TaskExecutionUpdate, caller: Caller, state: Stat
             results += reexecute_flow_from_task(
                 connection, flow_execution, record, caller.principal
             )
-        if results:
             record = fetch_task_execution(connection, caller.organization_id, record.id)
     state.publish_changes(results)
     return JSONResponse(record.to_dict())
