@@ -39,9 +39,9 @@ def create_database_engine(
 ) -> Engine:
     """An engine for PostgreSQL (psycopg 3) or SQLite, with flowworker's JSON encoding.
 
-    PostgreSQL engines ping a pooled connection on checkout (`pool_pre_ping`) unless told
-    `pool_pre_ping=False`; with psycopg they then check, without a round trip, whether the
-    server has closed the connection (`_refuse_closed_connection`)."""
+    A pooled PostgreSQL connection is checked on checkout: with psycopg, without a round trip
+    (`_refuse_closed_connection`: did the server close it?); with another driver, or when
+    asked with `pool_pre_ping=True`, with a ping (one round trip per transaction)."""
     url = normalize_url(url)
     try:
         parsed = make_url(url)
@@ -58,7 +58,7 @@ def create_database_engine(
     }
     if backend == "postgresql":
         options.setdefault("pool_size", pool_size)
-        options.setdefault("pool_pre_ping", True)
+        options.setdefault("pool_pre_ping", parsed.get_driver_name() != "psycopg")
     else:
         options.setdefault("connect_args", {"timeout": 30})
     engine = create_engine(url, **options)
