@@ -24,9 +24,8 @@ class Plugin:
         self.app = app
         self.settings = settings
         self.recorder = Recorder(settings, notifier_factory=make_notifier)
-        #: called with each terminal report once it is in the database (or, if the database
-        #: does not answer within 10 s, in the journal), in the process that recorded it;
-        #: e.g. flows advance from here. Errors are logged.
+        #: called with each terminal report once it is journaled, in the process that
+        #: recorded it; e.g. flows advance from here. Errors are logged.
         self.terminal_listeners: list[Callable[[PendingReport], None]] = []
 
     def add_terminal_listener(self, listener: Callable[[PendingReport], None]) -> None:
@@ -34,10 +33,9 @@ class Plugin:
             self.terminal_listeners.append(listener)
 
     def announce_terminal(self, item: PendingReport) -> None:
-        if not self.terminal_listeners:
-            return
-        # listeners read the database (the flow engine does): write it there first
-        self.recorder.flush(timeout=10.0)
+        """Tell the listeners; each decides whether it needs the report in the database
+        first (`recorder.flush`, bounded) — the flow engine does, and falls back to an
+        advance message when the database is slow or away."""
         for listener in list(self.terminal_listeners):
             try:
                 listener(item)

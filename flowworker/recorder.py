@@ -114,6 +114,7 @@ class Recorder:
             self._replaying = False  # the journal, not the queue, is the source of truth
             self._overflow = False  # reports went to the journal only (memory queue full)
             self._flush_requested = False
+            self._write_started: float | None = None
             self._known_flow_executions: dict[uuid.UUID, None] = {}
             self._organization_ensured = False
             self._stopping = False
@@ -179,15 +180,18 @@ class Recorder:
         return idx
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything recorded so far is in the database (True) or `timeout`."""
+        """Wait until everything recorded so far is in the database (True) or `timeout`.
+        Returns False at once while the database is known to be unavailable."""
         if self._pid != os.getpid():
             return True
+        if self._replaying or self._stuck():
+            return not self._journal.backlog()
         deadline = time.monotonic() + timeout
         while self._journal.backlog():
             with self._queue_lock:
                 self._flush_requested = True
                 self._queue_lock.notify()
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or self._stuck():
                 return False
             time.sleep(0.01)
         return True
@@ -211,6 +215,12 @@ class Recorder:
                 self.settings.spool_dir,
             )
 
+    def _stuck(self, after: float = 1.0) -> bool:
+        """The writer has waited on the database for more than `after` seconds (a frozen or
+        unreachable server that refuses nothing)."""
+        started = self._write_started
+        return started is not None and time.monotonic() - started > after
+
     def backlog(self) -> int:
         """Bytes of reports recorded but not yet in the database."""
         self._ensure_process()
@@ -227,6 +237,7 @@ class Recorder:
             if time.monotonic() < retry_at:
                 time.sleep(min(0.2, retry_at - time.monotonic()))
                 continue
+            self._write_started = time.monotonic()
             try:
                 if self._replaying or self._overflow:
                     self._replaying = True
@@ -246,6 +257,8 @@ class Recorder:
                 self._replaying = True
                 retry_at = time.monotonic() + _RETRY_DELAY
                 self._note_error("unexpected error in the recorder", exc, exc_info=True)
+            finally:
+                self._write_started = None
 
     def _take_batch(self) -> list[tuple[PendingReport, int]]:
         with self._queue_lock:
