@@ -63,11 +63,14 @@ def _new_identity(plugin: Plugin, headers: dict[str, Any], retries: int) -> Exec
             task_id, headers.get("root_id"), headers.get("group")
         )
         organization_id, ad_hoc = plugin.recorder.default_organization_id(), True
-    if opens and retries == 0:
-        # A new workflow named after this very task: nobody else can hold its idx 0 yet.
-        return ExecutionIdentity(
-            flow_execution_id, task_name, 0, organization_id, retries, ad_hoc, opener=task_name
-        )
+    if opens:
+        # A workflow named after this very task: its first attempt holds idx 0 without the
+        # counter (nobody else can), so a retry of it must start at 1.
+        opener = task_name
+        if retries == 0:
+            return ExecutionIdentity(
+                flow_execution_id, task_name, 0, organization_id, retries, ad_hoc, opener=opener
+            )
     draft = ExecutionIdentity(
         flow_execution_id, task_name, 0, organization_id, retries, ad_hoc, opener=opener
     )
