@@ -174,12 +174,26 @@ class Journal:
     # -- this process's file -----------------------------------------------------------
 
     def _own_fd(self) -> int:
-        if self._fd is None:
+        while self._fd is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             name = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}{SUFFIX}"
-            self._path = self.directory / name
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path = self.directory / name
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            # Until it is locked, the new (empty) file looks like an orphan: another process
+            # may adopt and delete it. Keep it only if it is still the file at `path`.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                kept = os.path.samestat(os.fstat(fd), os.stat(path))
+            except (BlockingIOError, FileNotFoundError):  # being adopted, or gone already
+                kept = False
+            except OSError:
+                self._path, self._fd = path, fd
+                raise
+            if not kept:
+                os.close(fd)
+                continue
+            self._path = path
+            self._fd = fd
         return self._fd
 
     def close(self) -> None:

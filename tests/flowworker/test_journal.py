@@ -105,3 +105,26 @@ def test_a_live_process_keeps_its_journal(tmp_path: Path) -> None:
     other = Journal(tmp_path, json_max_bytes=1 << 20)
     assert other.replay_orphans(lambda items: None) == 0
     assert len(owner.read_uncommitted(10)) == 1
+
+
+def test_a_journal_adopted_before_its_owner_locks_it_is_not_written_into_the_void(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between creating its file and taking the lock, the owner's empty journal looks like an
+    orphan: another process may adopt and delete it. The owner must not keep writing there."""
+    import fcntl
+
+    owner = Journal(tmp_path, json_max_bytes=1 << 20)
+    other = Journal(tmp_path, json_max_bytes=1 << 20)
+    real_flock = fcntl.flock
+
+    def flock_after_a_scan(fd: object, operation: int) -> None:
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        assert other.replay_orphans(lambda items: None) == 0
+        real_flock(fd, operation)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_scan)
+    owner.append(report(1))
+    [path] = tmp_path.glob(f"*{SUFFIX}")
+    assert path.stat().st_size > 0, "the report is in a file another process can adopt"
+    assert len(owner.read_uncommitted(10)) == 1
