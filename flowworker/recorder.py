@@ -14,6 +14,7 @@ Connections and the thread are made per process, after fork (Celery's prefork po
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import threading
@@ -49,6 +50,10 @@ _MEMORY_QUEUE_MAX = 20_000
 _RETRY_DELAY = 1.0
 
 
+class AllocationTimeout(FlowworkerError):
+    """The database did not hand out a task_execution_idx in time."""
+
+
 class Notifier(Protocol):
     def publish_changes(self, results: list[UpsertResult]) -> None: ...
 
@@ -74,8 +79,10 @@ class Recorder:
         notifier_factory: Callable[[Settings], Notifier | None] | None = None,
         batch_delay: float = 0.05,
         batch_size: int = 500,
+        allocate_timeout: float = 2.0,
     ) -> None:
         self.settings = settings
+        self.allocate_timeout = allocate_timeout
         self.batch_delay = batch_delay
         self.batch_size = batch_size
         self.stats = RecorderStats()
@@ -115,6 +122,10 @@ class Recorder:
             self._overflow = False  # reports went to the journal only (memory queue full)
             self._flush_requested = False
             self._write_started: float | None = None
+            self._allocation_started: float | None = None
+            self._allocator = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="flowworker-allocate"
+            )
             self._known_flow_executions: dict[uuid.UUID, None] = {}
             self._organization_ensured = False
             self._stopping = False
@@ -166,15 +177,44 @@ class Recorder:
         ad_hoc: AdHocFlowExecution | None = None,
         at_least: int = 0,
     ) -> int:
-        """The next task_execution_idx of `task_name` in the flow execution (one round trip)."""
+        """The next task_execution_idx of `task_name` in the flow execution (one round trip).
+
+        Runs on a helper thread and waits at most `allocate_timeout`: a frozen database must
+        not hang the task that is publishing. Raises `AllocationTimeout` then (the message
+        goes out without an identity and the worker resolves it on first sight)."""
         self._ensure_process()
-        with transaction(self.engine, organization_id) as connection:
-            if ad_hoc is not None and ad_hoc.id not in self._known_flow_executions:
-                self._ensure_default_organization(connection, [ad_hoc])
-                ensure_flow_executions(connection, [ad_hoc])
-            idx = allocate_task_execution_idx(
-                connection, flow_execution_id, task_name, at_least=at_least
-            )
+        started = self._allocation_started
+        if started is not None and time.monotonic() - started > self.allocate_timeout:
+            raise AllocationTimeout("an earlier idx allocation still waits on the database")
+        future = self._allocator.submit(
+            self._allocate, flow_execution_id, task_name, organization_id, ad_hoc, at_least
+        )
+        try:
+            return future.result(timeout=self.allocate_timeout)
+        except concurrent.futures.TimeoutError:
+            raise AllocationTimeout(
+                f"the database did not hand out an idx within {self.allocate_timeout} s"
+            ) from None
+
+    def _allocate(
+        self,
+        flow_execution_id: uuid.UUID,
+        task_name: str,
+        organization_id: uuid.UUID,
+        ad_hoc: AdHocFlowExecution | None,
+        at_least: int,
+    ) -> int:
+        self._allocation_started = time.monotonic()
+        try:
+            with transaction(self.engine, organization_id) as connection:
+                if ad_hoc is not None and ad_hoc.id not in self._known_flow_executions:
+                    self._ensure_default_organization(connection, [ad_hoc])
+                    ensure_flow_executions(connection, [ad_hoc])
+                idx = allocate_task_execution_idx(
+                    connection, flow_execution_id, task_name, at_least=at_least
+                )
+        finally:
+            self._allocation_started = None
         if ad_hoc is not None:
             self._remember_flow_executions([ad_hoc.id])
         return idx

@@ -98,3 +98,11 @@ def acks_late_sleep(path: str) -> str:
     marker.write_text(str(os.getpid()))
     time.sleep(60)
     return "finished"
+
+
+@app.task(name="tests.fan_out_then_mark")
+def fan_out_then_mark(count: int, path: str) -> int:
+    """Publishes `count` children, then leaves a mark (visible without any database)."""
+    group(add.s(n, n) for n in range(count)).apply_async()
+    Path(path).write_text("done")
+    return count

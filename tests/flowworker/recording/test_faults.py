@@ -14,7 +14,13 @@ import pytest
 
 from persistence.database import create_database_engine
 from persistence.schema import upgrade_database
-from tests.flowworker.celery_app import acks_late_sleep, add, sleep, wait_for_file
+from tests.flowworker.celery_app import (
+    acks_late_sleep,
+    add,
+    fan_out_then_mark,
+    sleep,
+    wait_for_file,
+)
 from tests.flowworker.recording.conftest import Recording
 from tests.flowworker.workers import wait_until
 from tests.pg_cluster import PrivateCluster
@@ -123,6 +129,45 @@ def test_every_record_of_the_outage_has_a_clean_history(recording_factory: Any) 
         assert {r.celery_task_id for r in rows} == {r.id for r in results}
         for row in rows:
             assert recording.history(row.id) == ["queued", "running", "completed"]
+        recording.stop()
+        engine.dispose()
+    finally:
+        cluster.destroy()
+
+
+def test_a_frozen_database_does_not_hang_a_task_that_publishes_children(
+    recording_factory: Any, tmp_path: Path
+) -> None:
+    """Children need an idx from the database; when it does not answer (SIGSTOP: nothing is
+    refused, everything waits), the publishing task goes on and the children are resolved
+    by the worker once the database is back."""
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+        engine = create_database_engine(cluster.url)
+        upgrade_database(engine)
+        recording: Recording = recording_factory(database_url=cluster.url, engine=engine)
+        recording.start_worker(pool="prefork", concurrency=2)
+        warm_up = add.delay(0, 0)
+        recording.wait_for(1, {"completed"}, celery_task_id=warm_up.id)
+        mark = tmp_path / "published"
+        cluster.freeze()
+        try:
+            result = fan_out_then_mark.delay(3, str(mark))
+            wait_until(mark.exists, timeout=30)  # the task finished with the database frozen
+        finally:
+            cluster.thaw()
+        parent = recording.wait_for(1, {"completed"}, timeout=120, celery_task_id=result.id)
+        children = recording.wait_for(
+            3,
+            {"completed"},
+            timeout=120,
+            flow_execution_id=parent[0].flow_execution_id,
+            task_name="tests.add",
+        )
+        # distinct, though not necessarily 0..2: the allocation that timed out may complete
+        # once the database thaws and take an idx nobody uses
+        assert len({r.task_execution_idx for r in children}) == 3
         recording.stop()
         engine.dispose()
     finally:
