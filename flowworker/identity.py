@@ -102,19 +102,36 @@ def identity_of(plugin: Plugin, request: Any, celery_task_name: str) -> Executio
     and kept on the request for the later signals of the same execution.
     """
     found = ExecutionIdentity.read_from(request)
-    if found is not None:
+    retries = int(getattr(request, "retries", 0) or 0)
+    if found is not None and found.retries == retries:
         return found
     cached = getattr(request, "_flowworker_identity", None)
     if isinstance(cached, ExecutionIdentity):
         return cached
     task_id = getattr(request, "id", None)
     if not task_id:
-        return None
-    retries = int(getattr(request, "retries", 0) or 0)
-    organization_id = plugin.recorder.default_organization_id()
+        return found
+    # No identity, or the previous attempt's: a retry whose publish got no idx (database away)
+    organization_id = (
+        plugin.recorder.default_organization_id() if found is None else found.organization_id
+    )
     with transaction(plugin.recorder.engine, organization_id) as connection:
         key = fetch_execution_key(connection, str(task_id), retries)
-    if key is not None:
+    if found is not None:
+        if key is not None:
+            idx = key[2]
+        else:
+            idx = plugin.recorder.allocate_idx(
+                found.flow_execution_id,
+                found.task_name,
+                found.organization_id,
+                ad_hoc=ad_hoc_flow_execution(found, getattr(request, "root_id", None)),
+                at_least=found.task_execution_idx + 1,
+            )
+        resolved = dataclasses.replace(
+            found, task_execution_idx=idx, retries=retries, published_at=None
+        )
+    elif key is not None:
         flow_execution_id, task_name, idx = key
         resolved = ExecutionIdentity(
             flow_execution_id, task_name, idx, organization_id, retries, ad_hoc=True
