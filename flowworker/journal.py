@@ -121,7 +121,9 @@ class Journal:
             position += len(line)
             if not line.endswith(b"\n"):
                 break
-            items.append((PendingReport.from_line(line.decode()), base + position))
+            item = _decoded(line.decode(errors="replace"))
+            if item is not None:
+                items.append((item, base + position))
             if len(items) >= limit:
                 break
         return items
@@ -145,7 +147,7 @@ class Journal:
                 lines = [
                     line for line in handle.read().splitlines(keepends=True) if line.endswith("\n")
                 ]
-                items = [PendingReport.from_line(line) for line in lines]
+                items = [item for item in map(_decoded, lines) if item is not None]
                 for start in range(0, len(items), batch):
                     write(items[start : start + batch])
                     written += len(items[start : start + batch])
@@ -161,7 +163,7 @@ class Journal:
             if path == self._path:
                 continue
             try:
-                handle = path.open("r")
+                handle = path.open("r", errors="replace")
             except OSError:
                 continue
             try:
@@ -205,3 +207,13 @@ class Journal:
             self._fd = None
             if self._path is not None and self._committed >= self._base + self._size:
                 self._path.unlink(missing_ok=True)
+
+
+def _decoded(line: str) -> PendingReport | None:
+    """The report of a journal line; None (logged) for a line a crash or a full disk tore:
+    one bad line must not hold back every report after it."""
+    try:
+        return PendingReport.from_line(line)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error("flowworker: skipping an unreadable journal line (%s): %.200r", exc, line)
+        return None

@@ -128,3 +128,27 @@ def test_a_journal_adopted_before_its_owner_locks_it_is_not_written_into_the_voi
     [path] = tmp_path.glob(f"*{SUFFIX}")
     assert path.stat().st_size > 0, "the report is in a file another process can adopt"
     assert len(owner.read_uncommitted(10)) == 1
+
+
+def test_a_torn_line_in_the_middle_does_not_hold_back_the_reports_after_it(
+    tmp_path: Path,
+) -> None:
+    subprocess.run([sys.executable, "-c", DIE_WITH_A_BACKLOG, str(tmp_path)], cwd=ROOT, check=True)
+    [path] = tmp_path.glob(f"*{SUFFIX}")
+    lines = path.read_bytes().splitlines(keepends=True)
+    # e.g. a write cut short by a full disk, then later lines appended after it
+    path.write_bytes(lines[0] + b'{"torn":\xff\x00' + b"".join(lines[1:3]))
+    journal = Journal(tmp_path, json_max_bytes=1 << 20)
+    written: list[PendingReport] = []
+    assert journal.replay_orphans(written.extend) == 2
+    assert [item.report.task_execution_idx for item in written] == [0, 2]
+    assert list(tmp_path.glob(f"*{SUFFIX}")) == []
+
+    own = Journal(tmp_path / "own", json_max_bytes=1 << 20)
+    own.append(report(1))
+    assert own._path is not None
+    with own._path.open("ab") as handle:
+        handle.write(b"\x00\x00\x00\n")
+    own._size = own._path.stat().st_size
+    own.append(report(2))
+    assert [item.report.task_execution_idx for item, _ in own.read_uncommitted(10)] == [1, 2]
