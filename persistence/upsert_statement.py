@@ -39,6 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import ColumnElement, FromClause
+from sqlalchemy.types import NullType
 
 from persistence.models import (
     Base,
@@ -323,11 +324,10 @@ def transition_guard(current: Any, requested: Any, dialect: str = "sqlite") -> C
     """SQL truth of `persistence.status.can_transition(current, requested)`."""
     move = current + literal_column("'>'", String()) + requested
     if dialect == "postgresql":
-        # one array parameter, however often the statement repeats the guard (every SET
-        # expression does): the SQL text stays short
-        legal = bindparam(
-            "legal_moves", allowed_transition_pairs(), type_=postgresql.ARRAY(String())
-        )
+        # One array parameter, however often the statement repeats the guard (every SET
+        # expression does), with a one-letter name and no cast (psycopg sends a list of str
+        # as text[]): the SQL text stays under psycopg's 4,096-character parse cache.
+        legal = bindparam("m", allowed_transition_pairs(), type_=NullType())
         any_legal: ColumnElement[bool] = move == func.any(legal)
         return any_legal
     # The legal moves are constants of the code, written into the SQL as literals: a
