@@ -78,7 +78,15 @@ class Journal:
                 self.dropped += 1
                 raise JournalFull(f"journal {self._path} holds {self._size} bytes already")
             fd = self._own_fd()
-            os.write(fd, data)
+            written = os.write(fd, data)
+            if written != len(data):
+                # a short write (the disk is full): cut the torn tail off again, so that
+                # offsets keep meaning whole lines, and refuse the report
+                os.ftruncate(fd, self._size)
+                self.dropped += 1
+                raise JournalFull(
+                    f"journal {self._path}: the disk took {written} of {len(data)} bytes"
+                )
             if self.fsync:
                 os.fsync(fd)
             self._size += len(data)
@@ -111,21 +119,22 @@ class Journal:
             if self._path is None or self._committed >= self._base + self._size:
                 return []
             start = max(self._committed - self._base, 0)
-            with self._path.open("rb") as handle:
-                handle.seek(start)
-                data = handle.read(self._size - start)
+            end = self._size
             base = self._base + start
+            path = self._path
         items: list[tuple[PendingReport, int]] = []
         position = 0
-        for line in data.splitlines(keepends=True):
-            position += len(line)
-            if not line.endswith(b"\n"):
-                break
-            item = _decoded(line.decode(errors="replace"))
-            if item is not None:
-                items.append((item, base + position))
-            if len(items) >= limit:
-                break
+        # line by line, only as far as `limit`: a long outage's backlog is never read whole
+        with path.open("rb") as handle:
+            handle.seek(start)
+            while len(items) < limit and start + position < end:
+                line = handle.readline(end - start - position)
+                if not line.endswith(b"\n"):
+                    break
+                position += len(line)
+                item = _decoded(line.decode(errors="replace"))
+                if item is not None:
+                    items.append((item, base + position))
         return items
 
     def backlog(self) -> int:

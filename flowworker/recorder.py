@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from flowworker.config import Settings
 from flowworker.journal import Journal, JournalFull
 from flowworker.pending import PendingReport
 from persistence.database import create_database_engine, transaction
-from persistence.errors import FlowworkerError, TaskNotInFlow, UnknownFlowExecution
+from persistence.errors import FlowworkerError
 from persistence.hierarchy import (
     AdHocFlowExecution,
     allocate_task_execution_idx,
@@ -48,6 +48,18 @@ _KNOWN_FLOW_EXECUTIONS_MAX = 50_000
 #: reports kept in memory beyond this are read back from the journal instead
 _MEMORY_QUEUE_MAX = 20_000
 _RETRY_DELAY = 1.0
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached, or is going away: retry later. Anything else the
+    database raises is about the data, and retrying the same batch would never end."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    try:  # the fast path runs statements on psycopg's own cursor: its errors are not wrapped
+        import psycopg
+    except ImportError:  # pragma: no cover - SQLite only
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 class AllocationTimeout(FlowworkerError):
@@ -288,15 +300,14 @@ class Recorder:
                 else:
                     self._journal.replay_orphans(self._write)
                 retry_at = 0.0
-            except DBAPIError as exc:
-                if not self._replaying:
-                    self._note_error("database unavailable; reports wait in the journal", exc)
-                self._replaying = True
-                retry_at = time.monotonic() + _RETRY_DELAY
             except Exception as exc:  # never let the writer die
+                if not self._replaying:
+                    if database_unavailable(exc):
+                        self._note_error("database unavailable; reports wait in the journal", exc)
+                    else:
+                        self._note_error("unexpected error in the recorder", exc, exc_info=True)
                 self._replaying = True
                 retry_at = time.monotonic() + _RETRY_DELAY
-                self._note_error("unexpected error in the recorder", exc, exc_info=True)
             finally:
                 self._write_started = None
 
@@ -341,7 +352,11 @@ class Recorder:
         for organization_id, group in by_organization.items():
             try:
                 results = self._write_group(organization_id, group)
-            except (UnknownFlowExecution, TaskNotInFlow, IntegrityError):
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise  # retried later, in order, from the journal
+                # the database refuses something in this batch (an unknown flow execution, a
+                # task name not in its flow, a value it cannot store): find it, keep the rest
                 results = self._write_one_by_one(organization_id, group)
             self.stats.written += len(group)
             self.stats.last_write_at = time.time()
@@ -372,7 +387,9 @@ class Recorder:
         for item in group:
             try:
                 results += self._write_group(organization_id, [item])
-            except (FlowworkerError, IntegrityError) as exc:
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise
                 self.stats.rejected += 1
                 log.error(
                     "flowworker could not record %s[%d] -> %s: %s",
