@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,24 @@ def recording(recording_factory: Any) -> Iterator[Recording]:
     recording.start_worker(pool="prefork", concurrency=2)
     yield recording
     recording.stop()
+
+
+@contextmanager
+def private_database(recording_factory: Any) -> Iterator[tuple[PrivateCluster, Recording]]:
+    """A recording whose database is a private PostgreSQL the test may stop or freeze, with
+    one prefork worker; everything is torn down afterwards."""
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+        engine = create_database_engine(cluster.url)
+        upgrade_database(engine)
+        recording: Recording = recording_factory(database_url=cluster.url, engine=engine)
+        recording.start_worker(pool="prefork", concurrency=2)
+        yield cluster, recording
+        recording.stop()
+        engine.dispose()
+    finally:
+        cluster.destroy()
 
 
 def started_pid(path: Path, timeout: float = 30.0) -> int:
@@ -85,13 +104,8 @@ def test_redelivered_message_finishes_the_same_record(recording: Recording, tmp_
 
 
 def test_database_stopped_for_20_seconds_loses_no_record(recording_factory: Any) -> None:
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
-        engine = create_database_engine(cluster.url)
-        upgrade_database(engine)
-        recording: Recording = recording_factory(database_url=cluster.url, engine=engine)
-        worker = recording.start_worker(pool="prefork", concurrency=2)
+    with private_database(recording_factory) as (cluster, recording):
+        [worker] = recording.workers
         results = [sleep.delay(0.05) for _ in range(200)]
         wait_until(lambda: len(recording.records(status="completed")) >= 30, 120)
         cluster.stop()
@@ -106,21 +120,11 @@ def test_database_stopped_for_20_seconds_loses_no_record(recording_factory: Any)
         # the tasks ran on during the outage: the worker never stopped
         assert worker.process.poll() is None
         assert "WorkerLostError" not in worker.log.read_text()
-        recording.stop()
-        engine.dispose()
-    finally:
-        cluster.destroy()
 
 
 def test_every_record_of_the_outage_has_a_clean_history(recording_factory: Any) -> None:
     """Reports replayed from the journal keep their order: queued, running, completed."""
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
-        engine = create_database_engine(cluster.url)
-        upgrade_database(engine)
-        recording: Recording = recording_factory(database_url=cluster.url, engine=engine)
-        recording.start_worker(pool="prefork", concurrency=2)
+    with private_database(recording_factory) as (cluster, recording):
         cluster.stop()
         results = [add.delay(n, 1) for n in range(20)]
         time.sleep(5)
@@ -129,10 +133,6 @@ def test_every_record_of_the_outage_has_a_clean_history(recording_factory: Any) 
         assert {r.celery_task_id for r in rows} == {r.id for r in results}
         for row in rows:
             assert recording.history(row.id) == ["queued", "running", "completed"]
-        recording.stop()
-        engine.dispose()
-    finally:
-        cluster.destroy()
 
 
 def test_a_frozen_database_does_not_hang_a_task_that_publishes_children(
@@ -141,13 +141,7 @@ def test_a_frozen_database_does_not_hang_a_task_that_publishes_children(
     """Children need an idx from the database; when it does not answer (SIGSTOP: nothing is
     refused, everything waits), the publishing task goes on and the children are resolved
     by the worker once the database is back."""
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
-        engine = create_database_engine(cluster.url)
-        upgrade_database(engine)
-        recording: Recording = recording_factory(database_url=cluster.url, engine=engine)
-        recording.start_worker(pool="prefork", concurrency=2)
+    with private_database(recording_factory) as (cluster, recording):
         warm_up = add.delay(0, 0)
         recording.wait_for(1, {"completed"}, celery_task_id=warm_up.id)
         mark = tmp_path / "published"
@@ -168,7 +162,3 @@ def test_a_frozen_database_does_not_hang_a_task_that_publishes_children(
         # distinct, though not necessarily 0..2: the allocation that timed out may complete
         # once the database thaws and take an idx nobody uses
         assert len({r.task_execution_idx for r in children}) == 3
-        recording.stop()
-        engine.dispose()
-    finally:
-        cluster.destroy()
