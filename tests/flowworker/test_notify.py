@@ -74,7 +74,7 @@ def test_each_change_is_published_once_on_the_organization_and_flow_channels(
     assert dt.datetime.fromisoformat(payload["updated_at"]) == result.updated_at
     assert payload["celery_task_id"] == "celery-0"
     assert dt.datetime.fromisoformat(payload["sent_at"]) >= result.updated_at
-    assert notifier.stats().published == 1
+    wait_for(lambda: notifier.stats().published == 1, what="the publish to be counted")
 
 
 def test_results_that_changed_nothing_are_not_published(pg_engine: Engine) -> None:
@@ -170,7 +170,9 @@ def test_publish_changes_never_waits_for_a_paused_redis(pg_engine: Engine) -> No
             finally:
                 server.resume()
             receive_messages(pubsub, 200)
-            assert notifier.stats().published == 201
+            # the subscriber can see the messages before the notifier has read Redis's
+            # replies and counted them
+            wait_for(lambda: notifier.stats().published == 201, what="201 counted")
         finally:
             notifier.close()
             pubsub.close()
