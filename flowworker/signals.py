@@ -87,12 +87,14 @@ def record_task_started(
     # The publisher's `queued` report travels on its own and may arrive after this one; the
     # worker states it too, just before `running`, so the record's history and the live
     # notifications always read queued -> running -> ... in order. A repeat is a no-op.
+    # It carries no input: `running`, right behind it, brings the arguments (encoded once).
     published_at = assigned.published_at or time.time()
     queued = _with(
         running,
         status=ExecutionStatus.QUEUED,
         at=dt.datetime.fromtimestamp(min(published_at, time.time()), dt.UTC),
         worker=None,
+        input=None,
     )
     plugin.recorder.record(_pending(queued, assigned, request.root_id))
     plugin.recorder.record(_pending(running, assigned, request.root_id))
