@@ -54,11 +54,8 @@ class Plugin:
 def make_notifier(settings: Settings) -> Notifier | None:
     if not settings.redis_url:
         return None
-    try:
-        from flowworker.notify import StatusNotifier
-    except ImportError:  # pragma: no cover - notifications are an optional part
-        log.warning("flowworker: notifications are not available in this installation")
-        return None
+    from flowworker.notify import StatusNotifier  # only processes that notify load redis-py
+
     notifier: Notifier = StatusNotifier(settings.redis_url, channel_prefix=settings.channel_prefix)
     return notifier
 
