@@ -22,6 +22,7 @@ from persistence.database import transaction
 from persistence.reports import TaskReport, UpsertResult
 from persistence.status import ExecutionStatus
 from persistence.upsert import upsert_task_executions
+from tests.flowworker.workers import wait_until
 from tests.servers import REDIS_URL, require
 
 REDIS_SERVER = "redis-server"
@@ -114,13 +115,10 @@ def _answers_ping(client: redis.Redis) -> bool:
 
 def wait_for(condition: Callable[[], Any], *, what: str, timeout: float = 30.0) -> Any:
     """Poll `condition` until it is truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    try:
+        return wait_until(condition, timeout, interval=0.02)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def listen(url: str, *channels: str) -> PubSub:
