@@ -60,3 +60,29 @@ def fetch_rows(
         cursor.execute(plan.sql, plan.parameters(parameters))
         rows: list[tuple[Any, ...]] = cursor.fetchall()
     return rows
+
+
+def fetch_query_rows(
+    connection: Connection, statement: Select[Any], parameters: Mapping[str, Any]
+) -> Sequence[Sequence[Any]]:
+    """`fetch_rows` for the query layer's reads, with less CPU per row on psycopg.
+
+    Rows come in binary format (no text to parse for UUIDs, integers and timestamps) and
+    jsonb through `persistence.jsonload` (the values of `json.loads`, parsed by orjson),
+    registered on this cursor only. Every column type the query layer selects has a binary
+    loader in psycopg; a type without one would come back as bytes
+    (tests/persistence/test_queries.py compares every statement with SQLAlchemy's result).
+    """
+    dialect = connection.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return connection.execute(statement, dict(parameters)).all()
+    from persistence.jsonload import register_jsonb_loader  # imports psycopg
+
+    plan = _plan(statement, dialect)
+    driver_connection = connection.connection.driver_connection
+    assert driver_connection is not None, "the connection is closed"
+    with driver_connection.cursor() as cursor:
+        register_jsonb_loader(cursor)
+        cursor.execute(plan.sql, plan.parameters(parameters), binary=True)
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+    return rows

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from persistence import statements
-from persistence.compiled import fetch_rows
+from persistence.compiled import fetch_query_rows
 from persistence.errors import (
     InvalidCursor,
     InvalidQuery,
@@ -37,6 +37,7 @@ from persistence.records import (
     StatusChangeRecord,
     TaskExecutionRecord,
     summarize,
+    task_execution_record,
 )
 from persistence.status import ExecutionStatus
 
@@ -44,13 +45,6 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 
 _STATUSES = {status.value: status for status in ExecutionStatus}  # cheaper than the Enum call
-_STATUS_POSITION = list(TaskExecutionRecord.__dataclass_fields__).index("status")
-
-
-def _task_record(row: Any) -> TaskExecutionRecord:
-    values = list(row)
-    values[_STATUS_POSITION] = _STATUSES[values[_STATUS_POSITION]]
-    return TaskExecutionRecord(*values)
 
 
 def fetch_task_executions(
@@ -84,8 +78,8 @@ def fetch_task_executions(
         query.order,
         cursor is not None,
     )
-    rows = fetch_rows(connection, statement, parameters)
-    items = tuple([_task_record(row) for row in rows[:limit]])
+    rows = fetch_query_rows(connection, statement, parameters)
+    items = tuple([task_execution_record(row) for row in rows[:limit]])
     if len(rows) <= limit:
         return Page(items=items, next_cursor=None)
     last = items[-1]
@@ -96,12 +90,12 @@ def fetch_task_execution(
     connection: Connection, organization_id: uuid.UUID, task_execution_id: uuid.UUID
 ) -> TaskExecutionRecord:
     """The task execution with this id, whatever its status; `UnknownTaskExecution` if none."""
-    rows = fetch_rows(
+    rows = fetch_query_rows(
         connection, statements.BY_ID, {"organization_id": organization_id, "id": task_execution_id}
     )
     if not rows:
         raise UnknownTaskExecution(f"no task execution {task_execution_id} in this organization")
-    return _task_record(rows[0])
+    return task_execution_record(rows[0])
 
 
 def fetch_task_attempts(
@@ -121,8 +115,8 @@ def fetch_task_attempts(
         "flow_execution_id": flow_execution_id,
         "task_name": task_name,
     }
-    rows = fetch_rows(connection, statements.ATTEMPTS[include_deleted], parameters)
-    return tuple([_task_record(row) for row in rows])
+    rows = fetch_query_rows(connection, statements.ATTEMPTS[include_deleted], parameters)
+    return tuple([task_execution_record(row) for row in rows])
 
 
 # -- flow executions and history ---------------------------------------------------------
@@ -137,11 +131,11 @@ def fetch_flow_execution(
 ) -> FlowExecutionRecord:
     """A flow execution, its task executions and their summary; `UnknownFlowExecution` if none."""
     parameters = {"organization_id": organization_id, "flow_execution_id": flow_execution_id}
-    found = fetch_rows(connection, statements.FLOW_EXECUTION, parameters)
+    found = fetch_query_rows(connection, statements.FLOW_EXECUTION, parameters)
     if not found:
         raise UnknownFlowExecution(f"no flow execution {flow_execution_id} in this organization")
-    rows = fetch_rows(connection, statements.FLOW_TASKS[include_deleted], parameters)
-    tasks = tuple([_task_record(task) for task in rows])
+    rows = fetch_query_rows(connection, statements.FLOW_TASKS[include_deleted], parameters)
+    tasks = tuple([task_execution_record(task) for task in rows])
     values = dict(zip(statements.FE_NAMES, found[0], strict=True))
     values["status"] = _STATUSES[values["status"]]
     return FlowExecutionRecord(**values, summary=summarize(tasks), task_executions=tasks)
@@ -153,7 +147,7 @@ def fetch_status_history(
     """Every status the task execution entered, oldest first; `UnknownTaskExecution` if none."""
     parameters = {"organization_id": organization_id, "task_execution_id": task_execution_id}
     changes = []
-    for row in fetch_rows(connection, statements.HISTORY, parameters):
+    for row in fetch_query_rows(connection, statements.HISTORY, parameters):
         values = dict(zip(statements.EVENT_NAMES, row, strict=True))
         from_status = values["from_status"]
         values["from_status"] = None if from_status is None else _STATUSES[from_status]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import Engine
 
 from persistence import statements
-from persistence.compiled import fetch_rows
+from persistence.compiled import fetch_query_rows, fetch_rows
 from persistence.database import transaction
 from persistence.errors import (
     InvalidCursor,
@@ -30,7 +31,7 @@ from persistence.queries import (
     fetch_task_execution,
     fetch_task_executions,
 )
-from persistence.records import Page, TaskExecutionRecord
+from persistence.records import Page, TaskExecutionRecord, task_execution_record
 from persistence.reports import TaskReport, UpsertResult, utcnow
 from persistence.status import ExecutionStatus as S
 from persistence.upsert import upsert_task_executions
@@ -433,24 +434,78 @@ def test_cursor_round_trips_through_a_listing(engine: Engine) -> None:
 
 
 def test_postgres_fast_path_reads_what_sqlalchemy_reads(pg_engine: Engine) -> None:
+    """Every statement of the query layer, run on the DBAPI cursor (`fetch_rows`) and in
+    binary format with the fast jsonb loader (`fetch_query_rows`), gives the values and
+    types SQLAlchemy's ordinary execution gives."""
     organization_id, flow_execution_id = new_flow_execution(pg_engine)
-    record(
+    (result, _) = record(
         pg_engine,
         organization_id,
         TaskReport(flow_execution_id, "t", 0, S.QUEUED, input={"a": [1, "x", None]}),
-        TaskReport(flow_execution_id, "t", 0, S.FAILED, error=BOOM, worker="w"),
+        TaskReport(flow_execution_id, "t", 0, S.FAILED, error=BOOM, worker="w", attempt=2),
     )
-    statement = statements.ATTEMPTS[False]
-    parameters = {
-        "organization_id": organization_id,
-        "flow_execution_id": flow_execution_id,
-        "task_name": "t",
-    }
+    now = utcnow()
+    common = {"organization_id": organization_id, "flow_execution_id": flow_execution_id}
+    cases = [
+        (statements.ATTEMPTS[False], {**common, "task_name": "t"}),
+        (statements.ATTEMPTS[True], {**common, "task_name": "t"}),
+        (statements.BY_ID, {"organization_id": organization_id, "id": result.task_execution_id}),
+        (statements.FLOW_EXECUTION, common),
+        (statements.FLOW_TASKS[False], common),
+        (statements.FLOW_TASKS[True], common),
+        (
+            statements.HISTORY,
+            {"organization_id": organization_id, "task_execution_id": result.task_execution_id},
+        ),
+        (
+            statements.listing_statement(
+                ("created_after",), ("failed",), False, Order.NEWEST, True
+            ),
+            {
+                "organization_id": organization_id,
+                "created_after": now - dt.timedelta(hours=1),
+                "after_created_at": now + dt.timedelta(hours=1),
+                "after_id": uuid.uuid4(),
+                "limit": 10,
+            },
+        ),
+    ]
     with transaction(pg_engine, organization_id) as connection:
-        fast = fetch_rows(connection, statement, parameters)
-        ordinary = connection.execute(statement, parameters).all()
-    assert [tuple(row) for row in fast] == [tuple(row) for row in ordinary]
-    (row,) = fast
+        for statement, parameters in cases:
+            ordinary = [tuple(row) for row in connection.execute(statement, parameters).all()]
+            assert ordinary, statement
+            for fetch in (fetch_rows, fetch_query_rows):
+                fast = [tuple(row) for row in fetch(connection, statement, parameters)]
+                assert repr(fast) == repr(ordinary), (fetch.__name__, statement)
+        (row,) = fetch_query_rows(connection, statements.BY_ID, cases[2][1])
     assert isinstance(row[0], uuid.UUID)
     assert row[10].tzinfo is not None  # created_at
     assert row[6] == {"a": [1, "x", None]}
+    assert row[8] == BOOM
+
+
+def test_records_built_from_rows_equal_records_built_by_init(engine: Engine) -> None:
+    """`task_execution_record` fills the slots without `__init__`: the same frozen record."""
+    organization_id, flow_execution_id = new_flow_execution(engine)
+    (result,) = record(
+        engine,
+        organization_id,
+        TaskReport(flow_execution_id, "t", 0, S.FAILED, input=[1.5], error=BOOM, worker="w"),
+    )
+    with transaction(engine, organization_id) as connection:
+        (row,) = fetch_query_rows(
+            connection,
+            statements.BY_ID,
+            {"organization_id": organization_id, "id": result.task_execution_id},
+        )
+    built = task_execution_record(row)
+    values = list(row)
+    values[5] = S(values[5])
+    by_init = TaskExecutionRecord(*values)
+    assert not hasattr(TaskExecutionRecord, "__post_init__")
+    assert built == by_init
+    assert repr(built) == repr(by_init)
+    assert built.to_dict() == by_init.to_dict()
+    assert built.status is S.FAILED
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.task_name = "other"  # type: ignore[misc]
