@@ -87,6 +87,92 @@ SQLITE_HISTORY_TRIGGER_DROP = [
     "DROP TRIGGER IF EXISTS task_executions_status_history_insert",
 ]
 
+# Migration 0005: a report may fold in the steps it passed on the way (`TaskReport.steps`:
+# a worker writes queued + running + completed as one row write). The history still gets
+# one event per status, oldest first, numbered by version: `queued` when a new record
+# starts past it and says when it was queued; `running` when a record that was new or
+# queued finishes and says when it started. The upsert advances `version` by the same count.
+POSTGRES_STEP_HISTORY_FUNCTION = f"""
+    CREATE OR REPLACE FUNCTION flowworker_record_status_change() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        previous text;
+        passed_queued boolean;
+        passed_running boolean;
+        step integer;
+    BEGIN
+        IF TG_OP = 'UPDATE' THEN
+            IF NEW.status IS NOT DISTINCT FROM OLD.status THEN
+                RETURN NULL;
+            END IF;
+            previous := OLD.status;
+        END IF;
+        passed_queued := previous IS NULL AND NEW.status <> 'queued'
+            AND NEW.queued_at IS NOT NULL;
+        passed_running := (previous IS NULL OR previous = 'queued')
+            AND NEW.finished_at IS NOT NULL AND NEW.started_at IS NOT NULL;
+        step := NEW.version - passed_queued::integer - passed_running::integer;
+        IF passed_queued THEN
+            INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+            VALUES (NEW.id, NEW.organization_id, NULL, 'queued', step, NEW.modified_by,
+                    NEW.queued_at);
+            previous := 'queued';
+            step := step + 1;
+        END IF;
+        IF passed_running THEN
+            INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+            VALUES (NEW.id, NEW.organization_id, previous, 'running', step, NEW.modified_by,
+                    NEW.started_at);
+            previous := 'running';
+        END IF;
+        INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+        VALUES (NEW.id, NEW.organization_id, previous, NEW.status, NEW.version,
+                NEW.modified_by, NEW.updated_at);
+        RETURN NULL;
+    END $$
+    """
+
+_PASSED_QUEUED = "NEW.status <> 'queued' AND NEW.queued_at IS NOT NULL"
+_PASSED_RUNNING = "NEW.finished_at IS NOT NULL AND NEW.started_at IS NOT NULL"
+
+SQLITE_STEP_HISTORY_TRIGGER = [
+    *SQLITE_HISTORY_TRIGGER_DROP[1:],
+    f"""
+    CREATE TRIGGER task_executions_status_history_insert AFTER INSERT ON task_executions
+    BEGIN
+        INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+        SELECT NEW.id, NEW.organization_id, NULL, 'queued',
+               NEW.version - 1 - ({_PASSED_RUNNING}), NEW.modified_by, NEW.queued_at
+        WHERE {_PASSED_QUEUED};
+        INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+        SELECT NEW.id, NEW.organization_id,
+               CASE WHEN {_PASSED_QUEUED} THEN 'queued' END, 'running',
+               NEW.version - 1, NEW.modified_by, NEW.started_at
+        WHERE {_PASSED_RUNNING};
+        INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+        VALUES (NEW.id, NEW.organization_id,
+                CASE WHEN {_PASSED_RUNNING} THEN 'running'
+                     WHEN {_PASSED_QUEUED} THEN 'queued' END,
+                NEW.status, NEW.version, NEW.modified_by, NEW.updated_at);
+    END
+    """,
+    f"""
+    CREATE TRIGGER task_executions_status_history_update AFTER UPDATE ON task_executions
+    WHEN NEW.status IS NOT OLD.status
+    BEGIN
+        INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+        SELECT NEW.id, NEW.organization_id, 'queued', 'running', NEW.version - 1,
+               NEW.modified_by, NEW.started_at
+        WHERE OLD.status = 'queued' AND {_PASSED_RUNNING};
+        INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+        VALUES (NEW.id, NEW.organization_id,
+                CASE WHEN OLD.status = 'queued' AND {_PASSED_RUNNING} THEN 'running'
+                     ELSE OLD.status END,
+                NEW.status, NEW.version, NEW.modified_by, NEW.updated_at);
+    END
+    """,
+]
+
 # The application role sets `flowworker.organization_id` per transaction; a session that has
 # not set it sees and writes nothing. Table owners (the migration role) are not subject to it.
 _CURRENT_ORGANIZATION = f"NULLIF(current_setting('{ORGANIZATION_SETTING}', true), '')::uuid"

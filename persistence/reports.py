@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -93,6 +93,10 @@ class TaskReport:
     """A status report for the execution keyed by (flow execution, task name, idx).
 
     `None` fields carry no information: they never erase what a record already holds.
+    `at` is when the execution reached `status`. A report may also say when it was queued
+    and when it started (`queued_at`, `started_at`): the steps it passed through on the
+    way, which a writer folded into it instead of writing each one (the record's history
+    then shows those steps too; see `steps`).
     """
 
     flow_execution_id: uuid.UUID
@@ -107,6 +111,8 @@ class TaskReport:
     celery_task_id: str | None = None
     attempt: int | None = None
     worker: str | None = None
+    queued_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", parse_status(self.status))
@@ -118,8 +124,12 @@ class TaskReport:
             )
         # What the columns cannot hold fails here, with a clear error, instead of failing
         # the whole statement (and every other report of its batch) in the database.
-        if not isinstance(self.at, dt.datetime) or self.at.utcoffset() is None:
-            raise InvalidReport(f"at must be a timezone-aware datetime (got {self.at!r})")
+        for name in ("at", "queued_at", "started_at"):
+            value = getattr(self, name)
+            if (value is not None or name == "at") and (
+                not isinstance(value, dt.datetime) or value.utcoffset() is None
+            ):
+                raise InvalidReport(f"{name} must be a timezone-aware datetime (got {value!r})")
         _validate_text("modified_by", self.modified_by, MODIFIED_BY_MAX_LENGTH, optional=False)
         _validate_text("celery_task_id", self.celery_task_id, REFERENCE_MAX_LENGTH, optional=True)
         _validate_text("worker", self.worker, REFERENCE_MAX_LENGTH, optional=True)
@@ -135,6 +145,36 @@ class TaskReport:
     @property
     def key(self) -> tuple[uuid.UUID, str, int]:
         return (self.flow_execution_id, self.task_name, self.task_execution_idx)
+
+    @property
+    def steps(self) -> tuple[ExecutionStatus, ...]:
+        """The statuses this report moves a new record through, oldest first: `queued`
+        when it says when the execution was queued, `running` when a finished execution
+        says when it started, then `status`."""
+        status = self.status
+        steps = []
+        if self.queued_at is not None and status is not ExecutionStatus.QUEUED:
+            steps.append(ExecutionStatus.QUEUED)
+        if self.started_at is not None and status.is_terminal:
+            steps.append(ExecutionStatus.RUNNING)
+        steps.append(status)
+        return tuple(steps)
+
+    def absorb(self, earlier: TaskReport) -> TaskReport:
+        """This report, carrying what an earlier, unwritten report of the same execution
+        knew (when it was queued or started, its input and references): one write then
+        does the work of both."""
+        return replace(
+            self,
+            queued_at=self.queued_at
+            or (earlier.at if earlier.status is ExecutionStatus.QUEUED else earlier.queued_at),
+            started_at=self.started_at
+            or (earlier.at if earlier.status is ExecutionStatus.RUNNING else earlier.started_at),
+            input=earlier.input if self.input is None else self.input,
+            celery_task_id=self.celery_task_id or earlier.celery_task_id,
+            attempt=earlier.attempt if self.attempt is None else self.attempt,
+            worker=self.worker or earlier.worker,
+        )
 
 
 class UpsertOutcome(StrEnum):

@@ -121,7 +121,9 @@ def _upsert(
                 report = reports[i]
                 row = current.get(report.key)
                 if row is not None and report.key in moved:
-                    outcome = UpsertOutcome.CREATED if row.version == 1 else UpsertOutcome.UPDATED
+                    # a row this statement created carries its timestamp as created_at too
+                    created = row.created_at == written_at
+                    outcome = UpsertOutcome.CREATED if created else UpsertOutcome.UPDATED
                 elif row is not None:
                     outcome = (
                         UpsertOutcome.UNCHANGED
@@ -179,7 +181,9 @@ def _raise_for_missing(connection: Connection, report: TaskReport) -> NoReturn:
 
 
 def _fetch_current(
-    connection: Connection, keys: Iterable[tuple[uuid.UUID, str, int]], full: bool = False
+    connection: Connection,
+    keys: Iterable[tuple[uuid.UUID, str, int]],
+    full: bool = False,
 ) -> dict[tuple[uuid.UUID, str, int], Any]:
     keys = list(keys)
     if not keys:

@@ -30,7 +30,6 @@ from sqlalchemy import (
     column,
     exists,
     func,
-    literal,
     literal_column,
     or_,
     select,
@@ -77,6 +76,7 @@ _SOURCE_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("started_at", UTCDateTime()),
     ("finished_at", UTCDateTime()),
     ("written_at", UTCDateTime()),
+    ("steps", Integer()),
 )
 _SOURCE_NAMES = tuple(name for name, _ in _SOURCE_COLUMNS)
 
@@ -99,6 +99,7 @@ RETURNED = (
     task_executions_table.c.version,
     task_executions_table.c.attempt,
     task_executions_table.c.updated_at,
+    task_executions_table.c.created_at,
 )
 ReturnedRow = namedtuple("ReturnedRow", [column.name for column in RETURNED])  # type: ignore[misc]
 # Every column, in `TaskExecutionRecord`'s order: for callers that answer with the record.
@@ -124,12 +125,13 @@ def _source_row(report: TaskReport, written_at: Any) -> tuple[Any, ...]:
         report.error,
         report.modified_by,
         report.celery_task_id,
-        report.attempt,
+        report.attempt or 0,
         report.worker,
-        report.at if status is ExecutionStatus.QUEUED else None,
-        report.at if status is ExecutionStatus.RUNNING else None,
+        report.at if status is ExecutionStatus.QUEUED else report.queued_at,
+        report.at if status is ExecutionStatus.RUNNING else report.started_at,
         report.at if status.is_terminal else None,
         written_at,
+        len(report.steps),
     )
 
 
@@ -149,7 +151,10 @@ def _json_row(position: int, row: tuple[Any, ...], serialize: Callable[[Any], st
 
 
 def prepare_upsert(
-    connection: Connection, reports: list[TaskReport], written_at: Any, full: bool = False
+    connection: Connection,
+    reports: list[TaskReport],
+    written_at: Any,
+    full: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """The (cached) statement for this many reports, and its parameters."""
     dialect = connection.dialect
@@ -224,14 +229,14 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
         src.error,
         src.modified_by,
         src.celery_task_id,
-        func.coalesce(src.attempt, 0),
+        src.attempt,
         src.worker,
         src.queued_at,
         src.started_at,
         src.finished_at,
         src.written_at,
         src.written_at,
-        literal(1, Integer()),
+        src.steps,
     ).join_from(
         source,
         flow_executions_table,
@@ -290,7 +295,8 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
         set_={
             "status": on_move(new.status, current.status),
             "input": on_move(
-                func.coalesce(new.input, current.input), func.coalesce(current.input, new.input)
+                func.coalesce(new.input, current.input),
+                func.coalesce(current.input, new.input),
             ),
             "output": on_move(func.coalesce(new.output, current.output), current.output),
             "error": on_move(func.coalesce(new.error, current.error), current.error),
@@ -301,7 +307,8 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
                 current.attempt,
             ),
             "worker": on_move(
-                func.coalesce(new.worker, current.worker), func.coalesce(current.worker, new.worker)
+                func.coalesce(new.worker, current.worker),
+                func.coalesce(current.worker, new.worker),
             ),
             "queued_at": func.coalesce(current.queued_at, new.queued_at),
             "started_at": func.coalesce(current.started_at, new.started_at),
@@ -309,7 +316,23 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
                 func.coalesce(new.finished_at, current.finished_at), current.finished_at
             ),
             "updated_at": on_move(new.updated_at, current.updated_at),
-            "version": on_move(current.version + 1, current.version),
+            # one more per status passed: a finished report that says when a still queued
+            # execution started passes `running` too (the history trigger adds that step)
+            "version": on_move(
+                current.version
+                + case(
+                    (
+                        and_(
+                            current.status == literal_column("'queued'", String()),
+                            new.started_at.is_not(None),
+                            new.finished_at.is_not(None),
+                        ),
+                        literal_column("2", Integer()),
+                    ),
+                    else_=literal_column("1", Integer()),
+                ),
+                current.version,
+            ),
         },
         where=or_(
             moves,
