@@ -9,11 +9,12 @@ postgresql://root@127.0.0.1:5432/postgres), migrates it, measures, and drops it.
 Two comparisons, each in interleaved rounds (store, hand-written, hand-written, store, ...)
 so that whatever else the machine does hits both sides alike:
 
-* single: one report per transaction. The store: `upsert_task_execution` inside
-  `persistence.database.transaction(engine, organization_id)` (what the HTTP API and an
-  unbatched writer do, including the per-transaction organization setting of row-level
-  security). Hand-written: `INSERT ... ON CONFLICT DO UPDATE ... WHERE <legal move>` with
-  autocommit, one statement per report.
+* single: one report per call. The store: `upsert_task_execution(connection, report,
+  organization_id=...)` on `persistence.database.autocommit(engine)`, a pooled connection
+  checked out per report (what the HTTP API does: the organization setting of row-level
+  security, the upsert and the outcome in one statement, `persistence.upsert_function`).
+  Hand-written: `INSERT ... ON CONFLICT DO UPDATE ... WHERE <legal move>` with autocommit,
+  one statement per report, on one connection held throughout.
 * batch: `upsert_task_executions` with --batch reports per call and transaction, vs
   psycopg's `executemany` of the same hand-written statement in one transaction.
 
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from sqlalchemy import make_url
 
-from persistence.database import create_database_engine, transaction
+from persistence.database import autocommit, create_database_engine, transaction
 from persistence.hierarchy import create_flow_execution, ensure_organization
 from persistence.reports import TaskReport
 from persistence.schema import upgrade_database
@@ -132,9 +133,9 @@ def main() -> None:
     parser.add_argument(
         "--breakdown",
         action="store_true",
-        help="also: single upserts in transactions that set no organization, and the "
-        "hand-written statement in the store's transaction shape (BEGIN, set_config, "
-        "INSERT, COMMIT)",
+        help="also: single upserts each in its own transaction (with and without the "
+        "organization setting), and the hand-written statement in that transaction shape "
+        "(BEGIN, set_config, INSERT, COMMIT)",
     )
     args = parser.parse_args()
 
@@ -161,7 +162,17 @@ def run(url: str, args: argparse.Namespace) -> None:
     raw = psycopg.connect(plain_dsn(url), autocommit=True)
     raw.execute("SELECT 1")
 
-    def store_single(scope: uuid.UUID | None = organization_id) -> int:
+    def store_single() -> int:
+        keys = store_work.keys(args.single // len(LIFECYCLE))
+        count = 0
+        for status in LIFECYCLE:
+            for report in store_work.reports(keys, status):
+                with autocommit(engine) as connection:
+                    upsert_task_execution(connection, report, organization_id=organization_id)
+                count += 1
+        return count
+
+    def store_single_transaction(scope: uuid.UUID | None = organization_id) -> int:
         keys = store_work.keys(args.single // len(LIFECYCLE))
         count = 0
         for status in LIFECYCLE:
@@ -172,19 +183,17 @@ def run(url: str, args: argparse.Namespace) -> None:
         return count
 
     def store_single_unscoped() -> int:
-        return store_single(None)
+        return store_single_transaction(None)
 
-    # The same shape as the hand-written side: one autocommit statement per report (the
-    # upsert and its history trigger are one atomic statement; no organization is set, as
-    # the table owner is not subject to row-level security).
-    autocommit = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    # The same connection for every report, as the hand-written side
+    held = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
-    def store_single_autocommit() -> int:
+    def store_single_held() -> int:
         keys = store_work.keys(args.single // len(LIFECYCLE))
         count = 0
         for status in LIFECYCLE:
             for report in store_work.reports(keys, status):
-                upsert_task_execution(autocommit, report)
+                upsert_task_execution(held, report, organization_id=organization_id)
                 count += 1
         return count
 
@@ -240,7 +249,8 @@ def run(url: str, args: argparse.Namespace) -> None:
     # warm up both sides (connections, statement caches, server buffers)
     for function in (
         store_single,
-        store_single_autocommit,
+        store_single_held,
+        store_single_transaction,
         hand_single,
         hand_single_in_transaction,
         store_batch,
@@ -250,18 +260,21 @@ def run(url: str, args: argparse.Namespace) -> None:
 
     results = {
         "single": compare(store_single, hand_single, args.rounds),
-        "single, autocommit": compare(store_single_autocommit, hand_single, args.rounds),
+        "single, one connection held": compare(store_single_held, hand_single, args.rounds),
         "batch": compare(store_batch, hand_batch, args.rounds),
     }
     if args.breakdown:
-        results["single, no organization"] = compare(
+        results["single, own transaction each"] = compare(
+            store_single_transaction, hand_single, args.rounds
+        )
+        results["single, own transaction, no organization"] = compare(
             store_single_unscoped, hand_single, args.rounds
         )
-        results["single vs hand-written in a transaction"] = compare(
-            store_single, hand_single_in_transaction, args.rounds
+        results["single in a transaction vs hand-written in one"] = compare(
+            store_single_transaction, hand_single_in_transaction, args.rounds
         )
     raw.close()
-    autocommit.close()
+    held.close()
     in_transaction.close()
     engine.dispose()
 
@@ -273,7 +286,7 @@ def run(url: str, args: argparse.Namespace) -> None:
     )
     print(f"date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, rounds: {args.rounds}")
     for label, (store, hand) in results.items():
-        unit = f"{args.batch} per call" if label == "batch" else "1 report per transaction"
+        unit = f"{args.batch} per call" if label == "batch" else "1 report per call"
         print(
             f"{label} ({unit}): store {median(store):8.0f} reports/s   "
             f"hand-written {median(hand):8.0f} reports/s   ratio {ratio(store, hand):.2f}"

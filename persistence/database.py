@@ -141,3 +141,15 @@ def transaction(engine: Engine, organization_id: uuid.UUID | None = None) -> Ite
         if organization_id is not None:
             set_organization(connection, organization_id)
         yield connection
+
+
+@contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A connection outside any transaction: each statement commits on its own.
+
+    For work that is one atomic statement, such as one report
+    (`persistence.upsert.upsert_task_execution(connection, report, organization_id=...)`):
+    on PostgreSQL that is one round trip, without BEGIN, the organization setting and
+    COMMIT around it."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        yield connection

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -34,10 +34,12 @@ from sqlalchemy import (
 )
 
 from persistence.compiled import fetch_rows
+from persistence.database import set_organization
 from persistence.errors import TaskNotInFlow, UnknownFlowExecution
 from persistence.records import TaskExecutionRecord
 from persistence.reports import TaskReport, UpsertOutcome, UpsertResult, utcnow
 from persistence.status import ExecutionStatus
+from persistence.upsert_function import call_upsert_function, can_call_upsert_function
 from persistence.upsert_statement import (
     CHUNK_ROWS,
     FULL_STATUS_POSITION,
@@ -65,23 +67,54 @@ def _run(
     return list(connection.execute(statement, parameters))
 
 
-def upsert_task_execution(connection: Connection, report: TaskReport) -> UpsertResult:
-    """Create or move forward one task execution; see `upsert_task_executions`."""
-    return upsert_task_executions(connection, [report])[0]
+def upsert_task_execution(
+    connection: Connection, report: TaskReport, *, organization_id: uuid.UUID | None = None
+) -> UpsertResult:
+    """Create or move forward one task execution; see `upsert_task_executions`.
+
+    With `organization_id`, the report is written only if its flow execution belongs to that
+    organization (else `UnknownFlowExecution`, nothing written), and on PostgreSQL the
+    statement runs scoped to it (row-level security), as `transaction(engine, org)` does.
+    On an autocommit connection of PostgreSQL (`persistence.database.autocommit`) the whole
+    report, whatever its outcome, is one round trip (`persistence.upsert_function`)."""
+    return _upsert_one(connection, report, organization_id, full=False)[0]
 
 
 def upsert_task_execution_record(
-    connection: Connection, report: TaskReport
+    connection: Connection, report: TaskReport, *, organization_id: uuid.UUID | None = None
 ) -> tuple[UpsertResult, TaskExecutionRecord]:
     """`upsert_task_execution`, and the record as it stands afterwards (every column).
 
     The record comes back from the upsert's own RETURNING, so answering with it costs no
     second read; the lean `upsert_task_executions` (the recorder's) does not carry input
     and output back."""
-    [(result, row)] = _upsert(connection, [report], full=True)
+    result, row = _upsert_one(connection, report, organization_id, full=True)
     values = list(row)
     values[FULL_STATUS_POSITION] = ExecutionStatus(values[FULL_STATUS_POSITION])
     return result, TaskExecutionRecord(*values)
+
+
+def _upsert_one(
+    connection: Connection, report: TaskReport, organization_id: uuid.UUID | None, full: bool
+) -> tuple[UpsertResult, Any]:
+    if can_call_upsert_function(connection, full):
+        written_at = utcnow()
+        row, flow_known = call_upsert_function(
+            connection, report, written_at, organization_id, full
+        )
+        if row is None:
+            raise _missing_error(report, flow_known)
+        return _result(_outcome(report, row, written_at), report, row), row
+    if organization_id is not None:
+        set_organization(connection, organization_id)
+        owner = connection.execute(
+            select(flow_executions_table.c.organization_id).where(
+                flow_executions_table.c.id == report.flow_execution_id
+            )
+        ).scalar()
+        if owner != organization_id:
+            raise _missing_error(report, flow_known=False)
+    return _upsert(connection, [report], full)[0]
 
 
 def upsert_task_executions(
@@ -114,24 +147,14 @@ def _upsert(
                 connection, [reports[i] for i in chunk], written_at, full
             )
             returned = {_key_of(row): row for row in _run(connection, statement, parameters, full)}
-            moved = {key for key, row in returned.items() if row.updated_at == written_at}
             missing = [reports[i].key for i in chunk if reports[i].key not in returned]
             current = {**returned, **_fetch_current(connection, missing, full)}
             for i in chunk:
                 report = reports[i]
                 row = current.get(report.key)
-                if row is not None and report.key in moved:
-                    # a row this statement created carries its timestamp as created_at too
-                    created = row.created_at == written_at
-                    outcome = UpsertOutcome.CREATED if created else UpsertOutcome.UPDATED
-                elif row is not None:
-                    outcome = (
-                        UpsertOutcome.UNCHANGED
-                        if row.status == report.status
-                        else UpsertOutcome.REFUSED
-                    )
-                else:
-                    _raise_for_missing(connection, report)
+                if row is None:
+                    raise _missing_error(report, _flow_execution_exists(connection, report))
+                outcome = _outcome(report, row, written_at)
                 results[i] = (_result(outcome, report, row), row)
     return [result for result in results if result is not None]
 
@@ -161,19 +184,32 @@ def _chunks(positions: list[int], size: int) -> Iterator[list[int]]:
         yield positions[start : start + size]
 
 
-def _raise_for_missing(connection: Connection, report: TaskReport) -> NoReturn:
-    """Why the statement wrote nothing for `report` and no record holds its key."""
-    flow_id = connection.execute(
-        select(flow_executions_table.c.flow_id).where(
+def _outcome(report: TaskReport, row: Any, written_at: dt.datetime) -> UpsertOutcome:
+    """What the statement stamped `written_at` did to the record `row` (as it stands after
+    it) for `report`: a row it moved carries that time as updated_at, and one it created
+    as created_at too."""
+    if row.updated_at == written_at:
+        return UpsertOutcome.CREATED if row.created_at == written_at else UpsertOutcome.UPDATED
+    return UpsertOutcome.UNCHANGED if row.status == report.status else UpsertOutcome.REFUSED
+
+
+def _flow_execution_exists(connection: Connection, report: TaskReport) -> bool:
+    found = connection.execute(
+        select(flow_executions_table.c.id).where(
             flow_executions_table.c.id == report.flow_execution_id
         )
     ).first()
-    if flow_id is None:
-        raise UnknownFlowExecution(
+    return found is not None
+
+
+def _missing_error(report: TaskReport, flow_known: bool) -> Exception:
+    """Why the statement wrote nothing for `report` and no record holds its key."""
+    if not flow_known:
+        return UnknownFlowExecution(
             f"flow execution {report.flow_execution_id} does not exist "
             "(or belongs to another organization); create it first"
         )
-    raise TaskNotInFlow(
+    return TaskNotInFlow(
         f"task_name {report.task_name!r} is not a task of the flow of flow execution "
         f"{report.flow_execution_id}; it must match a task name in the flow's task list "
         "(names are case-sensitive)"
@@ -181,9 +217,7 @@ def _raise_for_missing(connection: Connection, report: TaskReport) -> NoReturn:
 
 
 def _fetch_current(
-    connection: Connection,
-    keys: Iterable[tuple[uuid.UUID, str, int]],
-    full: bool = False,
+    connection: Connection, keys: Iterable[tuple[uuid.UUID, str, int]], full: bool = False
 ) -> dict[tuple[uuid.UUID, str, int], Any]:
     keys = list(keys)
     if not keys:

@@ -179,7 +179,7 @@ def prepare_upsert(
 
 
 def _source(dialect: str, size: int) -> FromClause:
-    if dialect == "postgresql":
+    if dialect == "postgresql" and size == 0:
         columns = [
             column(name, postgresql.JSON() if name in _JSON_COLUMNS else type_)
             for name, type_ in _SOURCE_COLUMNS
@@ -191,6 +191,7 @@ def _source(dialect: str, size: int) -> FromClause:
             .render_derived(name="r", with_types=True)
         )
     # SQLite has no column aliases on VALUES; a UNION ALL of one-row SELECTs does the same.
+    # (On PostgreSQL, size 1: one report as typed parameters, `single_report_statement`.)
     selects = [
         select(
             *(bindparam(f"{name}_{n}", type_=type_).label(name) for name, type_ in _SOURCE_COLUMNS)
@@ -204,8 +205,9 @@ def _source(dialect: str, size: int) -> FromClause:
 
 @functools.lru_cache(maxsize=32)
 def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
-    """The upsert for `size` report rows (PostgreSQL: any number; pass 0), returning
-    `RETURNED` or, if `full`, every column."""
+    """The upsert for `size` report rows (PostgreSQL: any number as one JSON document, pass
+    0; or 1, one report as typed parameters), returning `RETURNED` or, if `full`, every
+    column."""
     source = _source(dialect, size)
     # On PostgreSQL the record set is typed already; JSON arrives as json and is cast to
     # JSONB here. (In SQLite a cast would change the stored affinity.)
@@ -254,7 +256,7 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
     )
     if dialect == "sqlite":
         proposed = proposed.where(true())  # SQLite needs a WHERE before ON CONFLICT
-    else:
+    elif size == 0:
         proposed = proposed.order_by(source.c.position)  # lock rows in key order
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(task_executions_table).from_select(
@@ -341,6 +343,28 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
             and_(current.input.is_(None), new.input.is_not(None)),
         ),
     ).returning(*(RETURNED_FULL if full else RETURNED))
+
+
+def single_report_statement(full: bool) -> Any:
+    """PostgreSQL: the upsert of one report given as typed parameters named `<column>_0`,
+    in the order of `single_report_values`: the body of the single-report session function
+    (`persistence.upsert_function`), which is one round trip per report."""
+    return _upsert_statement("postgresql", 1, full)
+
+
+def single_report_values(
+    report: TaskReport, written_at: Any, serialize: Callable[[Any], str]
+) -> list[Any]:
+    """The parameters of `single_report_statement`, in order; JSON values as text."""
+    values = list(_source_row(report, written_at))
+    for position in _JSON_POSITIONS:
+        if values[position] is not None:
+            values[position] = serialize(values[position])
+    return values
+
+
+SINGLE_REPORT_PARAMETERS = tuple(f"{name}_0" for name in _SOURCE_NAMES)
+_JSON_POSITIONS = tuple(n for n, name in enumerate(_SOURCE_NAMES) if name in _JSON_COLUMNS)
 
 
 def transition_guard(current: Any, requested: Any, dialect: str = "sqlite") -> ColumnElement[bool]:

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from sqlalchemy import Connection, Engine, Uuid, bindparam, make_url, text
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from persistence.database import create_database_engine, transaction
-from persistence.errors import UnknownFlowExecution
+from persistence.database import autocommit, create_database_engine, transaction
+from persistence.errors import TaskNotInFlow, UnknownFlowExecution
 from persistence.hierarchy import (
     allocate_task_execution_idx,
     create_flow_execution,
@@ -446,3 +446,60 @@ def test_the_application_role_looks_organizations_up_but_cannot_create_them(
         transaction(app_engine) as connection,
     ):
         ensure_organization(connection, "org-new")
+
+
+def test_a_single_report_outside_a_transaction_is_scoped_to_its_organization(
+    app_engine: Engine, pg_engine: Engine, tenants: tuple[Tenant, Tenant]
+) -> None:
+    """The one-round-trip path (`persistence.upsert_function`) through the application
+    role: the organization is set inside the statement, row-level security applies to the
+    upsert and to the reads that explain a refusal, and the setting ends with the statement."""
+    a, b = tenants
+    with autocommit(app_engine) as connection:
+        created = upsert_task_execution(
+            connection,
+            TaskReport(a.flow_execution_id, "load", 0, S.QUEUED),
+            organization_id=a.organization_id,
+        )
+        assert (created.outcome, created.organization_id) == (
+            UpsertOutcome.CREATED,
+            a.organization_id,
+        )
+        refused = upsert_task_execution(
+            connection,
+            TaskReport(a.flow_execution_id, "extract", 0, S.QUEUED),
+            organization_id=a.organization_id,
+        )
+        assert (refused.outcome, refused.status) == (UpsertOutcome.REFUSED, S.RUNNING)
+        with pytest.raises(TaskNotInFlow):
+            upsert_task_execution(
+                connection,
+                TaskReport(a.flow_execution_id, "unknown-task", 0, S.QUEUED),
+                organization_id=a.organization_id,
+            )
+        # B's flow execution, reported as A: hidden
+        with pytest.raises(UnknownFlowExecution):
+            upsert_task_execution(
+                connection,
+                TaskReport(b.flow_execution_id, "load", 0, S.QUEUED),
+                organization_id=a.organization_id,
+            )
+        # no organization: nothing visible at all
+        with pytest.raises(UnknownFlowExecution):
+            upsert_task_execution(connection, TaskReport(a.flow_execution_id, "load", 1, S.QUEUED))
+        # the setting did not outlive its statement, on this connection
+        assert _counts(connection) == dict.fromkeys(TENANT_TABLES, 0)
+    # the same pooled connection, now with the function, in a transaction scoped to A
+    with transaction(app_engine, a.organization_id) as connection:
+        moved = upsert_task_execution(
+            connection, TaskReport(a.flow_execution_id, "load", 0, S.RUNNING)
+        )
+        assert moved.outcome is UpsertOutcome.UPDATED
+        with pytest.raises(UnknownFlowExecution):
+            upsert_task_execution(connection, TaskReport(b.flow_execution_id, "load", 0, S.QUEUED))
+    assert _owner_counts(pg_engine, b.organization_id) == SEEDED
+    assert (
+        _owner_counts(pg_engine, a.organization_id)["task_executions"]
+        == SEEDED["task_executions"] + 1
+    )
+    assert _owner_statuses(pg_engine, b.organization_id) == ["running"] * 3

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import tempfile
 import uuid
+from collections.abc import Callable
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, text
 
-from persistence.database import transaction
+from persistence.database import autocommit, transaction
 from persistence.errors import (
     InvalidExecutionIndex,
     InvalidStatus,
@@ -13,9 +15,13 @@ from persistence.errors import (
     UnknownFlowExecution,
 )
 from persistence.models import TaskExecution, TaskExecutionEvent
-from persistence.reports import TaskReport, UpsertOutcome
+from persistence.reports import TaskReport, UpsertOutcome, UpsertResult
 from persistence.status import ExecutionStatus as S
-from persistence.upsert import upsert_task_execution, upsert_task_executions
+from persistence.upsert import (
+    upsert_task_execution,
+    upsert_task_execution_record,
+    upsert_task_executions,
+)
 from tests.persistence.helpers import make_flow_execution
 
 
@@ -237,7 +243,6 @@ def test_upsert_record_returns_what_a_read_returns(engine: Engine) -> None:
     """`upsert_task_execution_record` answers from RETURNING: the same record a read gives,
     for a creation, a move, a repeat (no row returned) and a refused move."""
     from persistence.queries import fetch_task_execution
-    from persistence.upsert import upsert_task_execution_record
 
     organization_id, flow_execution_id = make_flow_execution(engine)
     reports = [
@@ -266,3 +271,138 @@ def test_upsert_record_returns_what_a_read_returns(engine: Engine) -> None:
     assert record.input == {"rows": [1, None, "x"]}
     assert record.output == {"ok": True}
     assert isinstance(record.status, S)
+
+
+def test_single_report_on_an_autocommit_connection(engine: Engine) -> None:
+    """Outside a transaction each report commits on its own (on PostgreSQL through the
+    session function, `persistence.upsert_function`), with the same outcomes, current
+    status on refusal, versions, record and history as in a transaction."""
+    from persistence.queries import fetch_task_execution
+
+    organization_id, flow_execution_id = make_flow_execution(engine)
+    statuses = [S.QUEUED, S.RUNNING, S.RUNNING, S.QUEUED, S.COMPLETED]
+    results = []
+    with autocommit(engine) as connection:
+        for status in statuses:
+            report = TaskReport(
+                flow_execution_id,
+                "load",
+                0,
+                status,
+                input={"n": 1} if status is S.QUEUED else None,
+                output=[2] if status is S.COMPLETED else None,
+            )
+            result, record = upsert_task_execution_record(
+                connection, report, organization_id=organization_id
+            )
+            results.append(result)
+            # committed already: another connection sees it
+            with transaction(engine, organization_id) as reader:
+                assert record == fetch_task_execution(reader, organization_id, record.id)
+        again = upsert_task_execution(
+            connection,
+            TaskReport(flow_execution_id, "load", 0, S.COMPLETED),
+            organization_id=organization_id,
+        )
+    assert [r.outcome for r in results] == [
+        UpsertOutcome.CREATED,
+        UpsertOutcome.UPDATED,
+        UpsertOutcome.UNCHANGED,
+        UpsertOutcome.REFUSED,
+        UpsertOutcome.UPDATED,
+    ]
+    assert [r.status for r in results] == [S.QUEUED, S.RUNNING, S.RUNNING, S.RUNNING, S.COMPLETED]
+    assert [r.version for r in results] == [1, 2, 2, 2, 3]
+    assert {r.organization_id for r in results} == {organization_id}
+    assert again.outcome is UpsertOutcome.UNCHANGED
+    assert (record.input, record.output, record.status) == ({"n": 1}, [2], S.COMPLETED)
+    assert history(engine) == [(None, "queued"), ("queued", "running"), ("running", "completed")]
+
+
+@pytest.mark.parametrize("scope", ["autocommit", "transaction"])
+def test_single_report_for_another_organization_writes_nothing(engine: Engine, scope: str) -> None:
+    """`organization_id` is enforced even where row-level security is not (SQLite, the
+    table owner): the flow execution of another organization is unknown to it."""
+    _, flow_execution_id = make_flow_execution(engine, "a")
+    other_organization, _ = make_flow_execution(engine, "b")
+    opened = autocommit(engine) if scope == "autocommit" else transaction(engine)
+    with opened as connection:
+        with pytest.raises(UnknownFlowExecution):
+            upsert_task_execution(
+                connection,
+                TaskReport(flow_execution_id, "t", 0, S.QUEUED),
+                organization_id=other_organization,
+            )
+        with pytest.raises(UnknownFlowExecution):
+            upsert_task_execution(
+                connection,
+                TaskReport(uuid.uuid4(), "t", 0, S.QUEUED),
+                organization_id=other_organization,
+            )
+    assert count_rows(engine, TaskExecution) == 0
+    assert history(engine) == []
+
+
+def _round_trips(connection: Connection, work: Callable[[], object]) -> int:
+    """How many times `work` waited for the server (ReadyForQuery messages received)."""
+    import psycopg
+
+    driver_connection = connection.connection.driver_connection
+    assert isinstance(driver_connection, psycopg.Connection)
+    with tempfile.TemporaryFile() as trace:
+        driver_connection.pgconn.trace(trace.fileno())
+        driver_connection.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            work()
+        finally:
+            driver_connection.pgconn.untrace()
+        trace.seek(0)
+        messages = trace.read().decode().splitlines()
+    return sum(1 for line in messages if line.startswith("B") and "ReadyForQuery" in line)
+
+
+@pytest.mark.postgres
+def test_a_single_report_is_one_round_trip_on_postgresql(pg_engine: Engine) -> None:
+    organization_id, flow_execution_id = make_flow_execution(pg_engine)
+    with autocommit(pg_engine) as connection:
+
+        def report(idx: int, status: S) -> UpsertResult:
+            return upsert_task_execution(
+                connection,
+                TaskReport(flow_execution_id, "t", idx, status),
+                organization_id=organization_id,
+            )
+
+        for idx in range(6):  # psycopg prepares a statement on its fifth execution
+            report(idx, S.QUEUED)
+        assert _round_trips(connection, lambda: report(10, S.QUEUED)) == 1
+        assert _round_trips(connection, lambda: report(10, S.RUNNING)) == 1
+        refused: list[UpsertResult] = []
+        assert _round_trips(connection, lambda: refused.append(report(10, S.QUEUED))) == 1
+        assert (refused[0].outcome, refused[0].status) == (UpsertOutcome.REFUSED, S.RUNNING)
+        unknown = TaskReport(uuid.uuid4(), "t", 0, S.QUEUED)
+        with pytest.raises(UnknownFlowExecution):
+            _round_trips(connection, lambda: upsert_task_execution(connection, unknown))
+
+
+@pytest.mark.postgres
+def test_the_session_function_is_never_created_inside_a_transaction(pg_engine: Engine) -> None:
+    """A function created in a transaction that rolls back would be gone while the
+    connection still counted on it: a transaction takes the ordinary path instead."""
+    organization_id, flow_execution_id = make_flow_execution(pg_engine)
+    pg_engine.dispose()  # fresh connections, without the function
+    functions = text(
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema()"
+        " AND proname LIKE 'flowworker_report%'"
+    )
+    with transaction(pg_engine, organization_id) as connection:
+        result = upsert_task_execution(connection, TaskReport(flow_execution_id, "t", 0, S.QUEUED))
+        assert result.outcome is UpsertOutcome.CREATED
+        assert connection.execute(functions).scalar_one() == 0
+    with autocommit(pg_engine) as connection:
+        upsert_task_execution(
+            connection,
+            TaskReport(flow_execution_id, "t", 0, S.RUNNING),
+            organization_id=organization_id,
+        )
+        assert connection.execute(functions).scalar_one() == 1
