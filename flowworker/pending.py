@@ -20,6 +20,22 @@ class PendingReport:
     organization_id: uuid.UUID
     #: set for tasks no flow started: the flow execution to create when it does not exist
     ad_hoc: AdHocFlowExecution | None = None
+    #: how many reports this one carries (it absorbs earlier unwritten ones)
+    reports: int = 1
+
+    @property
+    def key(self) -> tuple[uuid.UUID, str, int]:
+        return self.report.key
+
+    def absorbing(self, earlier: PendingReport) -> PendingReport:
+        """This report, folding in an earlier unwritten one of the same execution
+        (`TaskReport.absorb`)."""
+        return PendingReport(
+            self.report.absorb(earlier.report),
+            self.organization_id,
+            self.ad_hoc or earlier.ad_hoc,
+            self.reports + earlier.reports,
+        )
 
     def to_line(self, json_max_bytes: int) -> str:
         """One JSON line for the journal; values go through the database's own encoder,
@@ -36,9 +52,12 @@ class PendingReport:
                 "celery_task_id": report.celery_task_id,
                 "attempt": report.attempt,
                 "worker": report.worker,
+                "queued_at": _isoformat(report.queued_at),
+                "started_at": _isoformat(report.started_at),
                 "organization_id": str(self.organization_id),
                 "ad_hoc": self.ad_hoc is not None,
                 "ad_hoc_root_id": self.ad_hoc.celery_root_id if self.ad_hoc else None,
+                "reports": self.reports,
             },
             separators=(",", ":"),
         )
@@ -70,14 +89,24 @@ class PendingReport:
             celery_task_id=document["celery_task_id"],
             attempt=document["attempt"],
             worker=document["worker"],
+            queued_at=_datetime(document.get("queued_at")),
+            started_at=_datetime(document.get("started_at")),
         )
         ad_hoc = (
             AdHocFlowExecution(flow_execution_id, organization_id, document["ad_hoc_root_id"])
             if document["ad_hoc"]
             else None
         )
-        return cls(report, organization_id, ad_hoc)
+        return cls(report, organization_id, ad_hoc, document.get("reports", 1))
 
 
 def _json(value: Any, max_bytes: int) -> str:
     return "null" if value is None else encode_json(value, max_bytes)
+
+
+def _isoformat(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _datetime(value: str | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(value)

@@ -1,11 +1,14 @@
 """Writes the reports of one process to the database, never in a task's way.
 
-A signal handler's whole cost is `record`: append the report to this process's journal
-(`flowworker.journal`; it survives the process being killed) and to an in-memory queue.
-One writer thread per process then writes the queue in batches, in report order, one
-transaction per organization, and advances the journal's committed offset after each
-commit. When the database is down or hangs, nothing waits for it: reports keep going into
-the journal, and the writer replays the journal, in order, once the database answers again.
+A signal handler's whole cost is `record`: append the report to an in-memory queue and,
+for a durable report (every terminal one), to this process's journal first
+(`flowworker.journal`; it survives the process being killed). A report that finds an
+earlier, still unwritten report of the same execution absorbs it (`TaskReport.absorb`):
+a short task's queued, running and finished reports become one row write. One writer
+thread per process then writes the queue in batches, in report order, one transaction per
+organization, and advances the journal's committed offset after each commit. When the
+database is down or hangs, nothing waits for it: reports keep going into the journal (and
+memory), and the writer replays the journal, in order, once the database answers again.
 Journals left by killed processes are adopted and replayed by whoever finds them.
 
 Nothing here raises into a task: errors are logged with context and counted in `stats`.
@@ -21,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine
@@ -39,7 +42,8 @@ from persistence.hierarchy import (
     ensure_organization,
     organization_id_for,
 )
-from persistence.reports import UpsertResult
+from persistence.reports import UpsertOutcome, UpsertResult
+from persistence.status import ExecutionStatus
 from persistence.upsert import upsert_task_executions
 
 log = logging.getLogger(__name__)
@@ -128,7 +132,11 @@ class Recorder:
             self._notifier = (
                 self._notifier_factory(self.settings) if self._notifier_factory else None
             )
-            self._queue: list[tuple[PendingReport, int]] = []
+            # (report, its journal offset; None for a report kept in memory only)
+            self._queue: list[tuple[PendingReport, int | None]] = []
+            # memory-only reports not yet taken by the writer, by execution key
+            self._unwritten: dict[tuple[uuid.UUID, str, int], PendingReport] = {}
+            self._writing_unjournaled = 0
             self._queue_lock = threading.Condition()
             self._replaying = False  # the journal, not the queue, is the source of truth
             self._overflow = False  # reports went to the journal only (memory queue full)
@@ -157,21 +165,33 @@ class Recorder:
 
     # -- what signal handlers call --------------------------------------------------------
 
-    def record(self, item: PendingReport) -> None:
-        """Hand a report over: journaled (safe from a crash of this process) on return."""
+    def record(self, item: PendingReport, *, durable: bool = True) -> None:
+        """Hand a report over. A durable report is journaled (safe from a crash of this
+        process) on return; a non-durable one (queued, running: a later report says more)
+        waits in memory only. Either absorbs an earlier unwritten memory-only report of
+        the same execution, so that one row write does for both."""
         self._ensure_process()
         with self._queue_lock:
-            try:
-                offset = self._journal.append(item)
-            except (JournalFull, OSError) as exc:
-                self.stats.lost += 1
-                self._note_error("report lost: the journal cannot take it", exc)
-                return
+            earlier = self._unwritten.pop(item.key, None)
+            if earlier is not None:
+                item = item.absorbing(earlier)
+            offset: int | None = None
+            if durable:
+                try:
+                    offset = self._journal.append(item)
+                except (JournalFull, OSError) as exc:
+                    self.stats.lost += 1
+                    self._note_error("report lost: the journal cannot take it", exc)
+                    return
             self.stats.recorded += 1
             if len(self._queue) < _MEMORY_QUEUE_MAX:
                 self._queue.append((item, offset))
-            else:
+                if not durable:
+                    self._unwritten[item.key] = item
+            elif durable:
                 self._overflow = True  # the writer reads it back from the journal
+            else:
+                self.stats.lost += 1  # a non-terminal report: the next one says more
             if len(self._queue) >= self.batch_size:
                 self._queue_lock.notify()
 
@@ -239,7 +259,7 @@ class Recorder:
         if self._replaying or self._stuck():
             return not self._journal.backlog()
         deadline = time.monotonic() + timeout
-        while self._journal.backlog():
+        while self._journal.backlog() or self._unwritten or self._writing_unjournaled:
             with self._queue_lock:
                 self._flush_requested = True
                 self._queue_lock.notify()
@@ -293,14 +313,18 @@ class Recorder:
             try:
                 if self._replaying or self._overflow:
                     self._replaying = True
+                    self._requeue_unjournaled(batch)
                     self._replay_journal()
                 elif batch:
                     self._write([item for item, _ in batch])
-                    self._journal.commit(batch[-1][1])
+                    offsets = [offset for _, offset in batch if offset is not None]
+                    if offsets:
+                        self._journal.commit(offsets[-1])
                 else:
                     self._journal.replay_orphans(self._write)
                 retry_at = 0.0
             except Exception as exc:  # never let the writer die
+                self._requeue_unjournaled(batch)
                 if not self._replaying:
                     if database_unavailable(exc):
                         self._note_error("database unavailable; reports wait in the journal", exc)
@@ -310,8 +334,9 @@ class Recorder:
                 retry_at = time.monotonic() + _RETRY_DELAY
             finally:
                 self._write_started = None
+                self._writing_unjournaled = 0
 
-    def _take_batch(self) -> list[tuple[PendingReport, int]]:
+    def _take_batch(self) -> list[tuple[PendingReport, int | None]]:
         with self._queue_lock:
             hurry = self._stopping or self._flush_requested
             if not self._queue and not hurry:
@@ -322,10 +347,34 @@ class Recorder:
                 # transaction serves many tasks (a pool process runs one task at a time).
                 self._queue_lock.wait(self.batch_delay)
             self._flush_requested = False
-            batch = self._queue[: self.batch_size]
+            taken = self._queue[: self.batch_size]
             del self._queue[: self.batch_size]
-        committed = self._journal.committed
-        return [(item, offset) for item, offset in batch if offset > committed]
+            committed = self._journal.committed
+            batch: list[tuple[PendingReport, int | None]] = []
+            for item, offset in taken:
+                if offset is None:
+                    if self._unwritten.get(item.key) is not item:
+                        continue  # a later report absorbed it
+                    del self._unwritten[item.key]
+                    self._writing_unjournaled += 1
+                elif offset <= committed:
+                    continue  # written already, by a replay of the journal
+                batch.append((item, offset))
+        return batch
+
+    def _requeue_unjournaled(self, batch: list[tuple[PendingReport, int | None]]) -> None:
+        """Memory-only reports of a batch that was not written wait again (unless a later
+        report of their execution came meanwhile)."""
+        with self._queue_lock:
+            waiting = [
+                (item, None)
+                for item, offset in batch
+                if offset is None and item.key not in self._unwritten
+            ]
+            for item, _ in waiting:
+                self._unwritten[item.key] = item
+            self._queue[:0] = waiting
+            self._writing_unjournaled = 0
 
     def _replay_journal(self) -> None:
         """Write the journal from its committed offset on; back to normal once caught up."""
@@ -337,7 +386,11 @@ class Recorder:
             self._journal.commit(items[-1][1])
         with self._queue_lock:
             committed = self._journal.committed
-            self._queue = [(item, offset) for item, offset in self._queue if offset > committed]
+            self._queue = [
+                (item, offset)
+                for item, offset in self._queue
+                if offset is None or offset > committed
+            ]
             if self._overflow:  # more went to the journal only meanwhile: another round
                 self._overflow = False
                 return
@@ -358,9 +411,9 @@ class Recorder:
                 # the database refuses something in this batch (an unknown flow execution, a
                 # task name not in its flow, a value it cannot store): find it, keep the rest
                 results = self._write_one_by_one(organization_id, group)
-            self.stats.written += len(group)
+            self.stats.written += sum(item.reports for item in group)
             self.stats.last_write_at = time.time()
-            changed = [result for result in results if result.changed]
+            changed = [step for result in results if result.changed for step in steps_of(result)]
             if changed and self._notifier is not None:
                 self._notifier.publish_changes(changed)
 
@@ -421,3 +474,29 @@ class Recorder:
         self.stats.errors += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
         log.warning("flowworker: %s: %s", message, self.stats.last_error, exc_info=exc_info)
+
+
+def steps_of(result: UpsertResult) -> list[UpsertResult]:
+    """The status changes a write made, oldest first, one notification each: a report that
+    folded in earlier steps (`TaskReport.steps`) moved its record through them too. A
+    record that existed already was past `queued` (its writer announced that)."""
+    report = result.report
+    steps = report.steps
+    if len(steps) == 1:
+        return [result]
+    if result.outcome is not UpsertOutcome.CREATED:
+        steps = tuple(step for step in steps if step is not ExecutionStatus.QUEUED)
+    times = {ExecutionStatus.QUEUED: report.queued_at, ExecutionStatus.RUNNING: report.started_at}
+    first_version = result.version - len(steps) + 1
+    return [
+        replace(
+            result,
+            status=step,
+            version=first_version + n,
+            updated_at=times.get(step) or result.updated_at,
+        )
+        if n < len(steps) - 1
+        else result
+        for n, step in enumerate(steps)
+        if first_version + n >= 1
+    ]

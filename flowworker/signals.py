@@ -68,7 +68,8 @@ def record_task_published(
         celery_task_id=_bounded(headers.get("id")),
         attempt=int(headers.get("retries") or 0),
     )
-    plugin.recorder.record(_pending(report, assigned, headers.get("root_id")))
+    # not journaled: losing it with this process loses nothing the worker does not state
+    plugin.recorder.record(_pending(report, assigned, headers.get("root_id")), durable=False)
 
 
 @fail_safe
@@ -88,6 +89,8 @@ def record_task_started(
     # worker states it too, just before `running`, so the record's history and the live
     # notifications always read queued -> running -> ... in order. A repeat is a no-op.
     # It carries no input: `running`, right behind it, brings the arguments (encoded once).
+    # Neither is journaled: the task's finished report absorbs both while they wait
+    # (`Recorder.record`), so a short task costs one journal line and one row write.
     published_at = assigned.published_at or time.time()
     queued = _with(
         running,
@@ -96,8 +99,8 @@ def record_task_started(
         worker=None,
         input=None,
     )
-    plugin.recorder.record(_pending(queued, assigned, request.root_id))
-    plugin.recorder.record(_pending(running, assigned, request.root_id))
+    plugin.recorder.record(_pending(queued, assigned, request.root_id), durable=False)
+    plugin.recorder.record(_pending(running, assigned, request.root_id), durable=False)
 
 
 @fail_safe

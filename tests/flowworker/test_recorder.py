@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -11,11 +13,11 @@ from sqlalchemy import Engine, make_url, select
 
 from flowworker.config import Settings
 from flowworker.pending import PendingReport
-from flowworker.recorder import Recorder, database_unavailable
+from flowworker.recorder import Recorder, database_unavailable, steps_of
 from persistence.database import transaction
 from persistence.hierarchy import create_flow_execution, ensure_organization
-from persistence.models import TaskExecution
-from persistence.reports import TaskReport
+from persistence.models import TaskExecution, TaskExecutionEvent
+from persistence.reports import TaskReport, UpsertOutcome, UpsertResult
 from persistence.status import ExecutionStatus
 from tests.pg_cluster import free_port
 
@@ -54,3 +56,140 @@ def test_a_refused_report_is_isolated_and_the_rest_of_its_batch_written(
         assert sorted(written) == [0, 1, 2]
     assert recorder.stats.rejected == 1
     recorder.close()
+
+
+class CollectingNotifier:
+    """The recorder's notifier interface, keeping what it is handed."""
+
+    def __init__(self) -> None:
+        self.results: list[UpsertResult] = []
+
+    def publish_changes(self, results: list[UpsertResult]) -> None:
+        self.results += results
+
+    def close(self, timeout: float = 5.0) -> None:
+        pass
+
+
+def _events(engine: Engine, flow_execution_id: uuid.UUID) -> list[tuple[str | None, str, int]]:
+    with transaction(engine) as connection:
+        rows = connection.execute(
+            select(
+                TaskExecutionEvent.from_status,
+                TaskExecutionEvent.to_status,
+                TaskExecutionEvent.version,
+            )
+            .join(TaskExecution, TaskExecution.id == TaskExecutionEvent.task_execution_id)
+            .where(TaskExecution.flow_execution_id == flow_execution_id)
+            .order_by(TaskExecutionEvent.id)
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def _journal_lines(spool: Path) -> list[str]:
+    return [
+        line for path in spool.glob("*.journal.jsonl") for line in path.read_text().splitlines()
+    ]
+
+
+def test_a_short_task_is_one_journal_line_and_one_row_write_with_every_step(
+    pg_engine: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    with transaction(pg_engine) as connection:
+        organization_id = ensure_organization(connection, "folding")
+        flow_execution_id = create_flow_execution(connection, organization_id)
+    notifier = CollectingNotifier()
+    recorder = Recorder(
+        Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)),
+        notifier_factory=lambda _: notifier,
+        batch_delay=0.5,
+    )
+    S = ExecutionStatus
+    reports = [
+        TaskReport(flow_execution_id, "t", 0, S.QUEUED),
+        TaskReport(flow_execution_id, "t", 0, S.RUNNING, input={"n": 1}, worker="w"),
+        TaskReport(flow_execution_id, "t", 0, S.COMPLETED, output=2),
+    ]
+    recorder.record(PendingReport(reports[0], organization_id), durable=False)
+    recorder.record(PendingReport(reports[1], organization_id), durable=False)
+    assert _journal_lines(tmp_path) == [], "queued and running are kept in memory only"
+    recorder.record(PendingReport(reports[2], organization_id))
+    [line] = _journal_lines(tmp_path)  # the finished report absorbed the two before it
+    assert PendingReport.from_line(line).report.steps == (S.QUEUED, S.RUNNING, S.COMPLETED)
+    assert recorder.flush(30)
+    recorder.close()
+    with transaction(pg_engine) as connection:
+        row = connection.execute(select(TaskExecution.__table__)).one()
+    assert (row.status, row.version, row.input, row.output, row.worker) == (
+        "completed",
+        3,
+        {"n": 1},
+        2,
+        "w",
+    )
+    assert (row.queued_at, row.started_at) == (reports[0].at, reports[1].at)
+    assert _events(pg_engine, flow_execution_id) == [
+        (None, "queued", 1),
+        ("queued", "running", 2),
+        ("running", "completed", 3),
+    ]
+    assert [(r.status, r.version) for r in notifier.results] == [
+        (S.QUEUED, 1),
+        (S.RUNNING, 2),
+        (S.COMPLETED, 3),
+    ]
+    assert [r.updated_at for r in notifier.results[:2]] == [reports[0].at, reports[1].at]
+
+
+def test_a_memory_only_report_alone_is_written_and_flush_waits_for_it(
+    pg_engine: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    with transaction(pg_engine) as connection:
+        organization_id = ensure_organization(connection, "memory-only")
+        flow_execution_id = create_flow_execution(connection, organization_id)
+    recorder = Recorder(
+        Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)),
+        batch_delay=0.3,
+    )
+    report = TaskReport(flow_execution_id, "t", 0, ExecutionStatus.RUNNING)
+    recorder.record(PendingReport(report, organization_id), durable=False)
+    assert recorder.flush(30)
+    with transaction(pg_engine) as connection:
+        status = connection.execute(select(TaskExecution.status)).scalar_one()
+    assert status == "running"
+    recorder.close()
+
+
+def test_steps_of_an_update_leave_queued_to_whoever_created_the_record() -> None:
+    S = ExecutionStatus
+    at = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
+    report = TaskReport(
+        uuid.uuid4(),
+        "t",
+        0,
+        S.FAILED,
+        at=at + dt.timedelta(seconds=2),
+        queued_at=at,
+        started_at=at + dt.timedelta(seconds=1),
+    )
+    result = UpsertResult(
+        outcome=UpsertOutcome.UPDATED,
+        report=report,
+        task_execution_id=uuid.uuid4(),
+        organization_id=uuid.uuid4(),
+        status=S.FAILED,
+        version=3,
+        attempt=0,
+        updated_at=report.at,
+    )
+    steps = steps_of(result)
+    assert [(step.status, step.version, step.updated_at) for step in steps] == [
+        (S.RUNNING, 2, at + dt.timedelta(seconds=1)),
+        (S.FAILED, 3, report.at),
+    ]
+    created = steps_of(replace(result, outcome=UpsertOutcome.CREATED))
+    assert [(step.status, step.version) for step in created] == [
+        (S.QUEUED, 1),
+        (S.RUNNING, 2),
+        (S.FAILED, 3),
+    ]

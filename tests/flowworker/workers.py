@@ -24,6 +24,7 @@ class WorkerProcess:
         app: str = "tests.flowworker.celery_app",
     ):
         self.log = log
+        self.hostname = hostname
         command = [
             sys.executable,
             "-m",
