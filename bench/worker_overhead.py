@@ -4,7 +4,10 @@ measured side by side in one run, rounds interleaved so machine noise hits every
 
     .venv/bin/python bench/worker_overhead.py [--tasks 3000] [--rounds 3]
 
-Prints tasks/s per mode (median of rounds) and the ratios to bare Celery.
+Prints tasks/s per mode (median of rounds) and the ratios to bare Celery, then the CPU
+each task cost per process kind (publisher, worker main process, pool processes, the
+PostgreSQL backends of the bench database, redis-server), from /proc: on a shared machine
+throughput follows the other load, CPU per task much less.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "postgresql://root@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
-MODES = ("bare", "flowworker", "sqlalchemy")
+MODES = tuple(os.environ.get("BENCH_MODES", "bare flowworker sqlalchemy").split())
+CPU_PARTS = ("publisher", "worker main", "pool", "postgresql", "redis")
 
 
 def main() -> None:
@@ -40,6 +44,7 @@ def main() -> None:
         connection.execute(f'CREATE DATABASE "{database}"')
     database_url = f"postgresql://root@127.0.0.1:5432/{database}"
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpu: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     try:
         subprocess.run(
             [sys.executable, "-m", "flowworker", "db", "upgrade", "--database-url", database_url],
@@ -49,8 +54,11 @@ def main() -> None:
         )
         for round_number in range(options.rounds):
             for mode in MODES:
-                rate = run_round(mode, options.tasks, options.concurrency, database_url)
+                rate, cpu_ms = run_round(
+                    mode, options.tasks, options.concurrency, database, database_url
+                )
                 rates[mode].append(rate)
+                cpu[mode].append(cpu_ms)
                 print(f"round {round_number + 1} {mode:<11} {rate:8.0f} tasks/s", flush=True)
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as connection:
@@ -65,9 +73,54 @@ def main() -> None:
     for mode in MODES:
         median = statistics.median(rates[mode])
         print(f"{mode:<12}{median:>10.0f}{median / bare:>16.2f}")
+    print("\nCPU ms per task (median of rounds)")
+    print(f"{'mode':<12}" + "".join(f"{part:>13}" for part in CPU_PARTS) + f"{'total':>10}")
+    for mode in MODES:
+        parts = {part: statistics.median(r[part] for r in cpu[mode]) for part in CPU_PARTS}
+        print(
+            f"{mode:<12}"
+            + "".join(f"{parts[part]:>13.2f}" for part in CPU_PARTS)
+            + f"{sum(parts.values()):>10.2f}"
+        )
 
 
-def run_round(mode: str, tasks: int, concurrency: int, database_url: str) -> float:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes so far (0 for those gone or unreadable)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    except OSError:
+        return []
+
+
+def backends_of(database: str) -> list[int]:
+    with psycopg.connect(ADMIN, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def redis_pid(client: redis.Redis) -> int:
+    return int(client.info("server")["process_id"])
+
+
+def run_round(
+    mode: str, tasks: int, concurrency: int, database: str, database_url: str
+) -> tuple[float, dict[str, float]]:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     counter = f"bench:done:{queue}"
     env = {
@@ -110,26 +163,48 @@ def run_round(mode: str, tasks: int, concurrency: int, database_url: str) -> flo
     client = redis.Redis.from_url(REDIS_URL)
     try:
         time.sleep(3)  # let the worker come up before the clock starts
-        publisher = subprocess.run(
+        pool = children_of(worker.pid)
+        backends_before = set(backends_of(database))
+        before = {
+            "worker main": cpu_seconds([worker.pid]),
+            "pool": cpu_seconds(pool),
+            "postgresql": cpu_seconds(list(backends_before)),
+            "redis": cpu_seconds([redis_pid(client)]),
+        }
+        publisher = subprocess.Popen(
             [sys.executable, "-c", PUBLISH, str(tasks)],
             cwd=ROOT,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
             text=True,
-            check=True,
         )
-        started = float(publisher.stdout.split()[0])
+        assert publisher.stdout is not None
+        output = publisher.stdout.read()
+        if publisher.wait() != 0:
+            raise RuntimeError(f"{mode}: the publisher exited with {publisher.returncode}")
+        started, publisher_cpu = (float(value) for value in output.split()[:2])
         deadline = time.monotonic() + 600
         while int(client.get(counter) or 0) < tasks:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{mode}: only {client.get(counter)} of {tasks} tasks done")
             time.sleep(0.01)
         finished = time.time()
+        time.sleep(0.5)  # the recorders' last batch
+        backends = set(backends_of(database))
+        after = {
+            "worker main": cpu_seconds([worker.pid]),
+            "pool": cpu_seconds(children_of(worker.pid)),
+            # backends opened during the round started from zero
+            "postgresql": cpu_seconds(list(backends | backends_before)),
+            "redis": cpu_seconds([redis_pid(client)]),
+        }
+        cpu_ms = {part: 1000 * (after[part] - before[part]) / tasks for part in before}
+        cpu_ms["publisher"] = 1000 * publisher_cpu / tasks
     finally:
         worker.terminate()
         worker.wait(60)
         client.delete(counter)
-    return tasks / (finished - started)
+    return tasks / (finished - started), cpu_ms
 
 
 # The publisher runs in its own process, as an application would, with the same app
@@ -139,14 +214,15 @@ import sys, time
 from overhead_app import noop, app
 count = int(sys.argv[1])
 started = time.time()
+cpu_before = time.process_time()
 for n in range(count):
     noop.delay(n)
-print(started)
 try:
     import flowworker
     flowworker.uninstall()  # flush what the publisher still holds
 except Exception:
     pass
+print(started, time.process_time() - cpu_before)
 """
 
 if __name__ == "__main__":
