@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Integer, func, literal, select
+from sqlalchemy import Connection, Integer, bindparam, func, literal, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from persistence.errors import UnknownFlowExecution, UnknownOrganization
-from persistence.models import Base, FlowExecution, Organization, TaskExecution, TaskIndexCounter
+from persistence.models import (
+    Base,
+    FlowExecution,
+    Organization,
+    TaskExecution,
+    TaskIndexCounter,
+    UTCDateTime,
+)
 from persistence.reports import utcnow, validate_task_name
 from persistence.status import ExecutionStatus
 
@@ -84,6 +92,17 @@ def ensure_flow_executions(
 ) -> None:
     """Create the ad-hoc flow executions that do not exist yet (one statement)."""
     now = utcnow()
+    unique = {execution.id: execution for execution in executions}.values()
+    if not unique:
+        return
+    if connection.dialect.name == "postgresql":
+        # one JSON document for the batch: psycopg's executemany costs ~10 us of Python a row
+        document = json.dumps(
+            [[str(e.id), str(e.organization_id), e.celery_root_id] for e in unique],
+            separators=(",", ":"),
+        )
+        connection.execute(_ENSURE_FLOW_EXECUTIONS_PG, {"rows": document, "now": now})
+        return
     rows = [
         {
             "id": execution.id,
@@ -93,10 +112,18 @@ def ensure_flow_executions(
             "created_at": now,
             "updated_at": now,
         }
-        for execution in {execution.id: execution for execution in executions}.values()
+        for execution in unique
     ]
-    if rows:
-        connection.execute(_insert(connection)(_fe).on_conflict_do_nothing(), rows)
+    connection.execute(_insert(connection)(_fe).on_conflict_do_nothing(), rows)
+
+
+_ENSURE_FLOW_EXECUTIONS_PG = text(
+    "INSERT INTO flow_executions"
+    " (id, organization_id, celery_root_id, status, created_at, updated_at)"
+    f" SELECT (r->>0)::uuid, (r->>1)::uuid, r->>2, '{ExecutionStatus.RUNNING.value}', :now, :now"
+    " FROM json_array_elements(CAST(:rows AS json)) AS r"
+    " ON CONFLICT DO NOTHING"
+).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 def create_flow_execution(
