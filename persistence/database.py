@@ -71,11 +71,18 @@ def create_database_engine(
 
 def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """A checkout check that costs no round trip (a ping costs one, and a tenth of a short
-    transaction's CPU): an idle connection has nothing to read unless the server closed it
-    (a restart, `pg_terminate_backend`: a goodbye message, then the end of the stream) or
-    reported a parameter change. Closed: SQLAlchemy discards every older pooled connection,
-    as after a failed ping, and checks out a new one. A server that vanished without closing
-    the connection is not caught here (a ping would wait for the network's timeout too)."""
+    transaction's CPU): see `server_closed`. Closed: SQLAlchemy discards every older pooled
+    connection, as after a failed ping, and checks out a new one."""
+    if server_closed(dbapi_connection):
+        raise InvalidatePoolError("the server closed this pooled connection")
+
+
+def server_closed(dbapi_connection: Any) -> bool:
+    """Whether the server closed this idle psycopg connection (sync or async), without a
+    round trip: an idle connection has nothing to read unless the server closed it (a
+    restart, `pg_terminate_backend`: a goodbye message, then the end of the stream) or
+    reported a parameter change. A server that vanished without closing the connection is
+    not caught here (a ping would wait for the network's timeout too)."""
     import psycopg
 
     pgconn = dbapi_connection.pgconn
@@ -86,7 +93,7 @@ def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) 
         # few reads is no idle connection either
         for _ in range(4):
             if not poll.poll(0):
-                return
+                return False
             try:
                 pgconn.consume_input()
                 pgconn.is_busy()  # parses what was read
@@ -94,7 +101,7 @@ def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) 
                 break  # the end of the stream
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 break
-    raise InvalidatePoolError("the server closed this pooled connection")
+    return True
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

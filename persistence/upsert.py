@@ -89,9 +89,14 @@ def upsert_task_execution_record(
     second read; the lean `upsert_task_executions` (the recorder's) does not carry input
     and output back."""
     result, row = _upsert_one(connection, report, organization_id, full=True)
+    return result, record_of(row)
+
+
+def record_of(row: Any) -> TaskExecutionRecord:
+    """The record of a full row (`upsert_statement.RETURNED_FULL`)."""
     values = list(row)
     values[FULL_STATUS_POSITION] = ExecutionStatus(values[FULL_STATUS_POSITION])
-    return result, TaskExecutionRecord(*values)
+    return TaskExecutionRecord(*values)
 
 
 def _upsert_one(
@@ -102,9 +107,7 @@ def _upsert_one(
         row, flow_known = call_upsert_function(
             connection, report, written_at, organization_id, full
         )
-        if row is None:
-            raise _missing_error(report, flow_known)
-        return _result(_outcome(report, row, written_at), report, row), row
+        return result_of_function(report, written_at, row, flow_known), row
     if organization_id is not None:
         set_organization(connection, organization_id)
         owner = connection.execute(
@@ -115,6 +118,16 @@ def _upsert_one(
         if owner != organization_id:
             raise _missing_error(report, flow_known=False)
     return _upsert(connection, [report], full)[0]
+
+
+def result_of_function(
+    report: TaskReport, written_at: dt.datetime, row: Any | None, flow_known: bool
+) -> UpsertResult:
+    """What became of `report`, from the session function's answer
+    (`persistence.upsert_function`) to the call stamped `written_at`."""
+    if row is None:
+        raise _missing_error(report, flow_known)
+    return _result(_outcome(report, row, written_at), report, row)
 
 
 def upsert_task_executions(

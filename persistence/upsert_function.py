@@ -22,7 +22,7 @@ import datetime as dt
 import functools
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,14 +89,30 @@ def call_upsert_function(
         session = connection.info[_SESSION] = _Session(driver_connection.cursor())
     cursor = session.cursor
     if full not in session.created:
-        cursor.execute(_function_ddl(dialect, full))
+        cursor.execute(upsert_function_ddl(dialect, full))
         session.created.add(full)
     serialize: Callable[[Any], str] = getattr(dialect, "_json_serializer", None) or json.dumps
-    values = single_report_values(report, written_at, serialize)
     cursor.execute(
-        _call(dialect, full), (None if organization_id is None else str(organization_id), *values)
+        upsert_function_call(dialect, full),
+        upsert_function_arguments(report, written_at, organization_id, serialize),
     )
-    row = cursor.fetchone()
+    return upsert_function_row(cursor.fetchone(), full)
+
+
+def upsert_function_arguments(
+    report: TaskReport,
+    written_at: dt.datetime,
+    organization_id: uuid.UUID | None,
+    serialize: Callable[[Any], str],
+) -> tuple[Any, ...]:
+    """The arguments of `upsert_function_call`."""
+    organization = None if organization_id is None else str(organization_id)
+    return (organization, *single_report_values(report, written_at, serialize))
+
+
+def upsert_function_row(row: Sequence[Any] | None, full: bool) -> tuple[Any | None, bool]:
+    """The function's answer: the record's row, or None and whether the flow execution
+    exists."""
     assert row is not None, "the function returns one row"
     if row[0] is None:
         return None, bool(row[-1])
@@ -113,13 +129,16 @@ def _parameter_types(dialect: Dialect) -> list[str]:
 
 
 @functools.cache
-def _call(dialect: Dialect, full: bool) -> str:
+def upsert_function_call(dialect: Dialect, full: bool) -> str:
+    """The SQL that calls the function (it must exist on the connection: see
+    `upsert_function_ddl`)."""
     arguments = ", ".join(f"%s::{type_}" for type_ in _parameter_types(dialect))
     return f"SELECT * FROM {_NAMES[full]}({arguments})"
 
 
 @functools.cache
-def _function_ddl(dialect: Dialect, full: bool) -> str:
+def upsert_function_ddl(dialect: Dialect, full: bool) -> str:
+    """The SQL that creates (or replaces) the function in the session's `pg_temp`."""
     columns = RETURNED_FULL if full else RETURNED
     declared = ", ".join(f"OUT {c.name} {c.type.compile(dialect)}" for c in columns)
     names = ", ".join(c.name for c in columns)

@@ -7,6 +7,7 @@ no organization sees nothing at all.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -502,4 +503,43 @@ def test_a_single_report_outside_a_transaction_is_scoped_to_its_organization(
         _owner_counts(pg_engine, a.organization_id)["task_executions"]
         == SEEDED["task_executions"] + 1
     )
+    assert _owner_statuses(pg_engine, b.organization_id) == ["running"] * 3
+
+
+def test_the_async_writer_is_scoped_to_its_organization(
+    postgres_url: str, app_role: str, pg_engine: Engine, tenants: tuple[Tenant, Tenant]
+) -> None:
+    """`persistence.upsert_async.AsyncReportWriter` through the application role: the
+    same session function, so the same scoping as the store's autocommit path."""
+    from persistence.upsert_async import AsyncReportWriter
+
+    a, b = tenants
+    url = make_url(postgres_url).set(username=app_role, password=APP_PASSWORD)
+
+    async def scenario() -> list[object]:
+        writer = AsyncReportWriter(url.render_as_string(False), size=1)
+        seen: list[object] = []
+        try:
+            for report in [
+                TaskReport(a.flow_execution_id, "load", 0, S.QUEUED),
+                TaskReport(a.flow_execution_id, "extract", 0, S.QUEUED),
+                TaskReport(a.flow_execution_id, "unknown-task", 0, S.QUEUED),
+                TaskReport(b.flow_execution_id, "load", 0, S.QUEUED),
+            ]:
+                try:
+                    result, _ = await writer.upsert_task_execution_record(report, a.organization_id)
+                    seen.append((result.outcome, result.status, result.organization_id))
+                except (TaskNotInFlow, UnknownFlowExecution) as exc:
+                    seen.append(type(exc))
+        finally:
+            await writer.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [
+        (UpsertOutcome.CREATED, S.QUEUED, a.organization_id),
+        (UpsertOutcome.REFUSED, S.RUNNING, a.organization_id),
+        TaskNotInFlow,
+        UnknownFlowExecution,
+    ]
+    assert _owner_counts(pg_engine, b.organization_id) == SEEDED
     assert _owner_statuses(pg_engine, b.organization_id) == ["running"] * 3

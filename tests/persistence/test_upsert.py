@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import uuid
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, make_url, select, text
 
 from persistence.database import autocommit, transaction
 from persistence.errors import (
@@ -15,6 +16,7 @@ from persistence.errors import (
     UnknownFlowExecution,
 )
 from persistence.models import TaskExecution, TaskExecutionEvent
+from persistence.records import TaskExecutionRecord
 from persistence.reports import TaskReport, UpsertOutcome, UpsertResult
 from persistence.status import ExecutionStatus as S
 from persistence.upsert import (
@@ -406,3 +408,120 @@ def test_the_session_function_is_never_created_inside_a_transaction(pg_engine: E
             organization_id=organization_id,
         )
         assert connection.execute(functions).scalar_one() == 1
+
+
+@pytest.mark.postgres
+def test_the_async_writer_answers_as_the_store_does(pg_engine: Engine, postgres_url: str) -> None:
+    """`persistence.upsert_async.AsyncReportWriter`: the session function on psycopg's
+    asyncio connections, with the outcomes, records, errors and history of
+    `upsert_task_execution_record`; concurrent calls share its few connections."""
+    from persistence.queries import fetch_task_execution
+    from persistence.upsert_async import AsyncReportWriter
+
+    organization_id, flow_execution_id = make_flow_execution(pg_engine)
+    other_organization, _ = make_flow_execution(pg_engine, "other")
+    statuses = [S.QUEUED, S.RUNNING, S.RUNNING, S.QUEUED, S.COMPLETED]
+
+    async def scenario() -> tuple[list[UpsertResult], list[TaskExecutionRecord], list[object]]:
+        writer = AsyncReportWriter(postgres_url, size=2)
+        try:
+            results, records = [], []
+            for status in statuses:
+                result, record = await writer.upsert_task_execution_record(
+                    TaskReport(
+                        flow_execution_id,
+                        "load",
+                        0,
+                        status,
+                        input={"n": 1} if status is S.QUEUED else None,
+                    ),
+                    organization_id,
+                )
+                results.append(result)
+                records.append(record)
+            errors = []
+            for report, organization in [
+                (TaskReport(flow_execution_id, "load", 1, S.QUEUED), other_organization),
+                (TaskReport(uuid.uuid4(), "load", 0, S.QUEUED), organization_id),
+            ]:
+                try:
+                    await writer.upsert_task_execution_record(report, organization)
+                except UnknownFlowExecution as exc:
+                    errors.append(exc)
+            many = await asyncio.gather(
+                *(
+                    writer.upsert_task_execution_record(
+                        TaskReport(flow_execution_id, "many", idx, S.QUEUED), organization_id
+                    )
+                    for idx in range(12)
+                )
+            )
+            errors += [result.outcome for result, _ in many]
+            return results, records, errors
+        finally:
+            await writer.close()
+
+    results, records, errors = asyncio.run(scenario())
+    assert [r.outcome for r in results] == [
+        UpsertOutcome.CREATED,
+        UpsertOutcome.UPDATED,
+        UpsertOutcome.UNCHANGED,
+        UpsertOutcome.REFUSED,
+        UpsertOutcome.UPDATED,
+    ]
+    assert [r.status for r in results] == [S.QUEUED, S.RUNNING, S.RUNNING, S.RUNNING, S.COMPLETED]
+    assert [r.version for r in results] == [1, 2, 2, 2, 3]
+    with transaction(pg_engine, organization_id) as reader:
+        assert records[-1] == fetch_task_execution(reader, organization_id, records[-1].id)
+    assert records[-1].input == {"n": 1}
+    assert [type(e) for e in errors[:2]] == [UnknownFlowExecution, UnknownFlowExecution]
+    assert errors[2:] == [UpsertOutcome.CREATED] * 12
+    assert count_rows(pg_engine, TaskExecution) == 13
+    assert history(pg_engine)[:3] == [
+        (None, "queued"),
+        ("queued", "running"),
+        ("running", "completed"),
+    ]
+
+
+@pytest.mark.postgres
+def test_the_async_writer_replaces_connections_the_server_closed(
+    pg_engine: Engine, postgres_url: str
+) -> None:
+    """A database restart (here: its connections terminated) costs the next write nothing."""
+    from persistence.upsert_async import AsyncReportWriter
+
+    organization_id, flow_execution_id = make_flow_execution(pg_engine)
+    application = f"flowworker_writer_{uuid.uuid4().hex[:8]}"
+    url = make_url(postgres_url).update_query_dict({"application_name": application})
+    terminate = text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE application_name = :name"
+    )
+    remaining = text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+
+    async def scenario() -> list[UpsertOutcome]:
+        writer = AsyncReportWriter(url.render_as_string(hide_password=False), size=2)
+        try:
+            outcomes = [
+                (
+                    await writer.upsert_task_execution_record(
+                        TaskReport(flow_execution_id, "t", 0, S.QUEUED), organization_id
+                    )
+                )[0].outcome
+            ]
+            with pg_engine.connect() as connection:
+                assert connection.execute(terminate, {"name": application}).scalar_one() == 1
+                for _ in range(100):
+                    if not connection.execute(remaining, {"name": application}).scalar_one():
+                        break
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)  # the goodbye reaches the client's socket
+            result, _ = await writer.upsert_task_execution_record(
+                TaskReport(flow_execution_id, "t", 0, S.RUNNING), organization_id
+            )
+            return [*outcomes, result.outcome]
+        finally:
+            await writer.close()
+
+    assert asyncio.run(scenario()) == [UpsertOutcome.CREATED, UpsertOutcome.UPDATED]
