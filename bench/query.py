@@ -1,6 +1,7 @@
 """The query layer against hand-written SQL, on 1,000,000 task executions in PostgreSQL.
 
-    .venv/bin/python bench/query.py [--rows 1000000] [--iterations 400] [--explain] [--keep]
+    .venv/bin/python bench/query.py [--rows 1000000] [--iterations 400] [--explain]
+                                    [--keep | --reuse DATABASE] [--tuned-baseline]
 
 Creates a fresh database (dropped at the end unless --keep), loads 10 organizations (one
 holds half the data, as real tenants are uneven), 20,000 flow executions and the task
@@ -12,8 +13,11 @@ keys stay checked. Then ANALYZE.
 
 Each case runs our function and the hand-written SQL alternately on the same connection and
 transaction (same psycopg auto-prepare, same indexes, same parameters), and prints p50/p99
-of both and the ratio of the p50s. The hand-written side fetches plain tuples; ours builds
-the typed records.
+of both, the median CPU time of this process per call, and the ratios. The hand-written
+side fetches plain tuples with psycopg's defaults (text format, `json.loads` per jsonb
+value); ours builds the typed records. `--tuned-baseline` gives the hand-written side what
+the query layer's cursor has (binary format, `persistence.jsonload`), to see what the layer
+itself costs on top.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from persistence.database import create_database_engine, transaction
 from persistence.filters import TaskExecutionFilter
+from persistence.jsonload import register_jsonb_loader
 from persistence.queries import (
     fetch_flow_execution,
     fetch_task_attempts,
@@ -194,19 +199,25 @@ def percentiles(samples: list[int]) -> tuple[float, float]:
     return statistics.median(ordered) / 1e6, p99 / 1e6
 
 
+Timings = tuple[list[int], list[int]]  # wall ns, CPU ns of this process, per call
+
+
 def side_by_side(
     ours: Callable[[int], Any], raw: Callable[[int], Any], iterations: int
-) -> tuple[list[int], list[int]]:
+) -> tuple[Timings, Timings]:
     for warmup in range(20):  # past psycopg's auto-prepare threshold (5) on both sides
         ours(warmup)
         raw(warmup)
-    ours_ns: list[int] = []
-    raw_ns: list[int] = []
+    ours_ns: Timings = ([], [])
+    raw_ns: Timings = ([], [])
+    sides = ((ours, ours_ns), (raw, raw_ns))
     for iteration in range(iterations):
-        for function, samples in ((ours, ours_ns), (raw, raw_ns))[:: 1 if iteration % 2 else -1]:
+        for function, (wall, cpu) in sides[:: 1 if iteration % 2 else -1]:
+            cpu_start = time.process_time_ns()
             start = time.perf_counter_ns()
             function(iteration)
-            samples.append(time.perf_counter_ns() - start)
+            wall.append(time.perf_counter_ns() - start)
+            cpu.append(time.process_time_ns() - cpu_start)
     return ours_ns, raw_ns
 
 
@@ -240,10 +251,14 @@ def explain(raw: Any, call: Callable[[int], Any]) -> str:
     return "\n".join("      " + line for plan in plans for line in plan.splitlines())
 
 
-def run_cases(connection: Connection, iterations: int, show_plans: bool) -> list[tuple[str, Any]]:
+def run_cases(
+    connection: Connection, iterations: int, show_plans: bool, tuned_baseline: bool
+) -> list[tuple[str, Any]]:
     raw = connection.connection.driver_connection
     assert raw is not None
-    cursor = raw.cursor()
+    cursor = raw.cursor(binary=tuned_baseline)
+    if tuned_baseline:  # what the query layer's own cursor does (persistence.compiled)
+        register_jsonb_loader(cursor)
     big_org = sample(
         cursor,
         "SELECT organization_id FROM flow_executions GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
@@ -322,8 +337,14 @@ def run_cases(connection: Connection, iterations: int, show_plans: bool) -> list
     }
     results = []
     for name, (ours, hand_written) in cases.items():
-        ours_ns, raw_ns = side_by_side(ours, hand_written, iterations)
-        results.append((name, percentiles(ours_ns), percentiles(raw_ns)))
+        (ours_wall, ours_cpu), (raw_wall, raw_cpu) = side_by_side(ours, hand_written, iterations)
+        results.append(
+            (
+                name,
+                (*percentiles(ours_wall), statistics.median(ours_cpu) / 1e6),
+                (*percentiles(raw_wall), statistics.median(raw_cpu) / 1e6),
+            )
+        )
         if show_plans:
             print(f"  {name}:\n{explain(raw, ours)}")
     return results
@@ -337,6 +358,12 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true", help="print our SQL and its plan")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--reuse", metavar="DATABASE", help="measure a kept database again")
+    parser.add_argument(
+        "--tuned-baseline",
+        action="store_true",
+        help="the hand-written side fetches in binary format and parses jsonb with "
+        "persistence.jsonload, as the query layer does",
+    )
     options = parser.parse_args()
     admin = make_url(ADMIN_URL)
     name = options.reuse or f"query_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -352,7 +379,9 @@ def main() -> None:
             print(f"database {name}: loading {options.rows:,} task executions")
             load(dsn, options.rows, options.days, random.Random(5))
         with transaction(engine) as connection:
-            results = run_cases(connection, options.iterations, options.explain)
+            results = run_cases(
+                connection, options.iterations, options.explain, options.tuned_baseline
+            )
     finally:
         engine.dispose()
         if options.keep or options.reuse:
@@ -360,14 +389,16 @@ def main() -> None:
         else:
             with psycopg.connect(admin_dsn, autocommit=True) as connection:
                 connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print(f"\n{options.iterations} runs each, in ms:")
+    print(f"\n{options.iterations} runs each, in ms (cpu: median CPU time of this process):")
     print(
-        f"  {'case':28} {'ours p50':>8} {'p99':>6}  {'hand-written p50':>16} {'p99':>6}  ratio p50"
+        f"  {'case':28} {'ours p50':>8} {'p99':>6} {'cpu':>6}  "
+        f"{'hand-written p50':>16} {'p99':>6} {'cpu':>6}  ratio p50  ratio cpu"
     )
-    for case, (ours_p50, ours_p99), (raw_p50, raw_p99) in results:
+    for case, (ours_p50, ours_p99, ours_cpu), (raw_p50, raw_p99, raw_cpu) in results:
         print(
-            f"  {case:28} {ours_p50:8.3f} {ours_p99:6.3f}  {raw_p50:16.3f} {raw_p99:6.3f}  "
-            f"{ours_p50 / raw_p50:9.2f}"
+            f"  {case:28} {ours_p50:8.3f} {ours_p99:6.3f} {ours_cpu:6.3f}  "
+            f"{raw_p50:16.3f} {raw_p99:6.3f} {raw_cpu:6.3f}  "
+            f"{ours_p50 / raw_p50:9.2f}  {ours_cpu / raw_cpu:9.2f}"
         )
     ours_p50s = {case: ours[0] for case, ours, _ in results}
     print(
