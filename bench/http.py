@@ -17,7 +17,8 @@ the other load, CPU per request much less.
 
 `--baseline-tree DIR` serves the POST a second time from another source tree (for example
 `git archive <commit> | tar -x -C DIR`), same database, its rounds between this tree's:
-a before/after comparison in one run.
+a before/after comparison in one run. `--variant NAME=VALUE` does the same with this tree
+and one more environment variable (a setting's effect, in one run).
 """
 
 from __future__ import annotations
@@ -152,9 +153,13 @@ def backend_pids(dsn: str, database: str) -> list[int]:
 
 
 def start_server(
-    database_url: str, port: int, workers: int, source_tree: Path | None = None
+    database_url: str,
+    port: int,
+    workers: int,
+    source_tree: Path | None = None,
+    environment: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    env = os.environ | {"FLOWWORKER_API_BARE_ENDPOINT": "1"}
+    env = os.environ | {"FLOWWORKER_API_BARE_ENDPOINT": "1"} | (environment or {})
     env.pop("FLOWWORKER_REDIS_URL", None)  # notifications are measured in bench/notify
     if source_tree is not None:
         # imported from there (the working directory too: uvicorn puts it on sys.path),
@@ -194,6 +199,14 @@ def main() -> None:
     parser.add_argument(
         "--baseline-tree", type=Path, help="also serve POST from this source tree, interleaved"
     )
+    parser.add_argument(
+        "--variant",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="also serve POST from a server of this tree with this environment variable "
+        "(for example FLOWWORKER_API_WRITE_THREADS=40), interleaved; repeatable",
+    )
     args = parser.parse_args()
 
     name = f"flowworker_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -223,7 +236,12 @@ def main() -> None:
         if args.baseline_tree is not None:
             port = free_port()
             servers.append(start_server(database_url, port, args.workers, args.baseline_tree))
-            runs.append(("baseline post", "/task-executions", port, servers[1]))
+            runs.append(("baseline post", "/task-executions", port, servers[-1]))
+        for variant in args.variant:
+            name_, _, value = variant.partition("=")
+            port = free_port()
+            servers.append(start_server(database_url, port, args.workers, None, {name_: value}))
+            runs.append((f"post {variant}", "/task-executions", port, servers[-1]))
         per_connection = args.requests // args.concurrency
         per_connection -= per_connection % len(LIFECYCLE)
         results: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in runs}
@@ -272,7 +290,7 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]])
     for round_no in range(args.rounds):
         for label, rounds in results.items():
             r = rounds[round_no]
-            endpoint = ENDPOINT_NAMES[label]
+            endpoint = ENDPOINT_NAMES.get(label, label)[:28]
             print(
                 f"{round_no:>5} {endpoint:<28} {r['requests_per_s']:>8.0f} "
                 f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
@@ -14,7 +15,7 @@ from flowworker.api.auth import KeyVerifier
 from flowworker.api.errors import install_error_handlers
 from flowworker.api.request_id import RequestIdMiddleware
 from flowworker.api.routes import flow_executions, health, stream, task_executions
-from flowworker.api.state import ApiState, ChangePublisher
+from flowworker.api.state import DEFAULT_WRITE_THREADS, ApiState, ChangePublisher
 from flowworker.config import Settings
 from flowworker.notify import StatusNotifier
 from persistence.database import create_database_engine
@@ -30,6 +31,14 @@ class ApiOptions:
     key_cache_seconds: float = 5.0
     #: mount `POST /_bench/bare` (no database work), the benchmark's baseline
     bare_endpoint: bool = False
+    #: PostgreSQL: `POST /task-executions` awaits its one statement in the event loop
+    #: (`persistence.upsert_async`, `write_threads` connections of its own) instead of
+    #: holding a thread
+    async_writes: bool = True
+    #: connections of the async writer, or else threads per process that write reports.
+    #: Few: a write holds its connection about half a millisecond, and many threads wanting
+    #: the GIL at once make each one wait longer for it (bench/README.md, `## http`)
+    write_threads: int = DEFAULT_WRITE_THREADS
 
 
 def create_app(
@@ -62,11 +71,22 @@ def create_app(
         engine=engine,
         key_verifier=KeyVerifier(engine, options.key_cache_seconds),
         notifier=notifier,
+        write_threads=anyio.CapacityLimiter(options.write_threads),
     )
+    if options.async_writes and engine.dialect.name == "postgresql":
+        from persistence.upsert_async import AsyncReportWriter
+
+        state.report_writer = AsyncReportWriter(
+            engine.url.render_as_string(hide_password=False),
+            size=options.write_threads,
+            json_max_bytes=settings.json_max_bytes,
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        if state.report_writer is not None:
+            await state.report_writer.close()
         if owns_notifier and state.notifier is not None:
             state.notifier.close()
         if owns_engine:
@@ -95,11 +115,15 @@ def create_app(
 
 def create_app_from_environment() -> FastAPI:
     """Settings from `FLOWWORKER_*` variables; `FLOWWORKER_API_BARE_ENDPOINT=1` mounts the
-    benchmark's baseline endpoint and `FLOWWORKER_API_POOL_SIZE` sizes the pool."""
+    benchmark's baseline endpoint, `FLOWWORKER_API_POOL_SIZE` sizes the pool and
+    `FLOWWORKER_API_WRITE_THREADS` the writers, `FLOWWORKER_API_ASYNC_WRITES=0` writes in
+    threads."""
     import os
 
     options = ApiOptions(
         pool_size=int(os.environ.get("FLOWWORKER_API_POOL_SIZE", DEFAULT_POOL_SIZE)),
+        write_threads=int(os.environ.get("FLOWWORKER_API_WRITE_THREADS", DEFAULT_WRITE_THREADS)),
+        async_writes=os.environ.get("FLOWWORKER_API_ASYNC_WRITES", "1") != "0",
         bare_endpoint=os.environ.get("FLOWWORKER_API_BARE_ENDPOINT") == "1",
     )
     return create_app(Settings.load(), options)

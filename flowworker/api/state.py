@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from fastapi import Request
@@ -13,6 +13,11 @@ from sqlalchemy import Engine
 from flowworker.api.auth import KeyVerifier
 from flowworker.config import Settings
 from persistence.reports import UpsertResult
+
+if TYPE_CHECKING:  # imports psycopg, which a SQLite-only installation lacks
+    from persistence.upsert_async import AsyncReportWriter
+
+DEFAULT_WRITE_THREADS = 4
 
 
 class ChangePublisher(Protocol):
@@ -31,6 +36,12 @@ class ApiState:
     notifier: ChangePublisher | None
     #: threads a WebSocket may hold waiting on Redis; separate from the request threads
     stream_threads: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(64))
+    #: writes `POST /task-executions` without a thread (PostgreSQL), see `ApiOptions`
+    report_writer: AsyncReportWriter | None = None
+    #: threads that write reports when there is no `report_writer`: a few, see `ApiOptions`
+    write_threads: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(DEFAULT_WRITE_THREADS)
+    )
 
     def publish_changes(self, results: Sequence[UpsertResult]) -> None:
         """Hand accepted changes to the notifier (after the commit; never raises)."""

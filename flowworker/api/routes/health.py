@@ -29,9 +29,10 @@ bare_router = APIRouter()
 
 
 @bare_router.post("/_bench/bare", status_code=201, include_in_schema=False)
-def accept_without_database(body: TaskExecutionCreate, caller: Caller) -> JSONResponse:
-    """Everything `POST /task-executions` does (auth, validation, a thread, a JSON answer)
-    except the database: the benchmark's baseline. Mounted only when asked for."""
+async def accept_without_database(body: TaskExecutionCreate, caller: Caller) -> JSONResponse:
+    """Everything `POST /task-executions` does on PostgreSQL (auth, validation, a JSON answer,
+    all in the event loop) except the database: the benchmark's baseline. Mounted only
+    when asked for."""
     document = body.model_dump(mode="json")
     document["organization_id"] = str(caller.organization_id)
     document["modified_by"] = caller.principal

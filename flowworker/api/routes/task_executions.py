@@ -5,14 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy import Connection
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Connection, Engine
 
 from flowworker.api.auth import Caller
 from flowworker.api.errors import error_responses
 from flowworker.api.reexecute import reexecute_flow_from_task
+from flowworker.api.responses import record_response
 from flowworker.api.schemas import (
     QueryTime,
     TaskExecution,
@@ -22,13 +24,12 @@ from flowworker.api.schemas import (
     TaskName,
 )
 from flowworker.api.state import ApiState, api_state
-from persistence.database import transaction
+from persistence.database import autocommit, transaction
 from persistence.errors import (
     InvalidCursor,
     InvalidQuery,
     InvalidReport,
     TransitionRefused,
-    UnknownFlowExecution,
     UnknownTaskExecution,
 )
 from persistence.queries import (
@@ -52,14 +53,12 @@ State = Annotated[ApiState, Depends(api_state)]
 def _write_report(
     connection: Connection, caller_org: uuid.UUID, report: TaskReport
 ) -> tuple[UpsertResult, TaskExecutionRecord]:
-    """Apply `report`; the result, and the record as the upsert's RETURNING left it."""
-    result, record = upsert_task_execution_record(connection, report)
-    # Row-level security hides other organizations' flow executions from the application
-    # role; a superuser connection (no RLS) is caught here, and the transaction rolls back.
-    if result.organization_id != caller_org:
-        raise UnknownFlowExecution(
-            f"flow execution {report.flow_execution_id} does not exist in this organization"
-        )
+    """Apply `report`; the result, and the record as the upsert's RETURNING left it.
+
+    The store writes it only into the caller's organization (row-level security, and a
+    check of the flow execution's organization for roles it does not bind): another
+    organization's flow execution is `UnknownFlowExecution`, with nothing written."""
+    result, record = upsert_task_execution_record(connection, report, organization_id=caller_org)
     if result.outcome is UpsertOutcome.REFUSED:
         raise TransitionRefused(result.status, report.status)
     return result, record
@@ -76,7 +75,9 @@ def _write_report(
         **error_responses(400, 401, 404, 409, 500),
     },
 )
-def create_task_execution(body: TaskExecutionCreate, caller: Caller, state: State) -> JSONResponse:
+async def create_task_execution(
+    body: TaskExecutionCreate, caller: Caller, state: State
+) -> Response:
     """Report a task execution's status; idempotent on (flow_execution_id, task_name,
     task_execution_idx): a repeat updates that record and answers 200 with the same `id`.
     """
@@ -90,11 +91,32 @@ def create_task_execution(body: TaskExecutionCreate, caller: Caller, state: Stat
         error=body.error,
         modified_by=caller.principal,
     )
-    with transaction(state.engine, caller.organization_id) as connection:
-        result, record = _write_report(connection, caller.organization_id, report)
+    if state.report_writer is not None:
+        # PostgreSQL: one round trip, awaited in the event loop
+        result, record = await state.report_writer.upsert_task_execution_record(
+            report, caller.organization_id
+        )
+    else:
+        result, record = await anyio.to_thread.run_sync(
+            _write_new_report,
+            state.engine,
+            caller.organization_id,
+            report,
+            limiter=state.write_threads,
+        )
+    if result.outcome is UpsertOutcome.REFUSED:
+        raise TransitionRefused(result.status, report.status)
     state.publish_changes([result])
     status_code = 201 if result.outcome is UpsertOutcome.CREATED else 200
-    return JSONResponse(record.to_dict(), status_code=status_code)
+    return record_response(record, status_code)
+
+
+def _write_new_report(
+    engine: Engine, caller_org: uuid.UUID, report: TaskReport
+) -> tuple[UpsertResult, TaskExecutionRecord]:
+    # one statement, its own transaction: one round trip (`persistence.upsert_function`)
+    with autocommit(engine) as connection:
+        return upsert_task_execution_record(connection, report, organization_id=caller_org)
 
 
 def _query_error(loc: tuple[str, ...], value: object, exc: Exception) -> RequestValidationError:
@@ -158,11 +180,11 @@ def list_task_executions(
     summary="Read one task execution",
     responses=error_responses(401, 404, 500),
 )
-def read_task_execution(task_execution_id: uuid.UUID, caller: Caller, state: State) -> JSONResponse:
+def read_task_execution(task_execution_id: uuid.UUID, caller: Caller, state: State) -> Response:
     """The record, whatever its status (soft-deleted ones too)."""
     with transaction(state.engine, caller.organization_id) as connection:
         record = fetch_task_execution(connection, caller.organization_id, task_execution_id)
-    return JSONResponse(record.to_dict())
+    return record_response(record)
 
 
 def _fetch_named(
@@ -200,7 +222,7 @@ def _fetch_named(
     summary="Update a task execution and optionally re-execute the flow from it",
     responses=error_responses(400, 401, 404, 409, 500, 501),
 )
-def update_task_execution(body: TaskExecutionUpdate, caller: Caller, state: State) -> JSONResponse:
+def update_task_execution(body: TaskExecutionUpdate, caller: Caller, state: State) -> Response:
     """Move a record to `status` (`deleted` soft-deletes it) as the key's principal, who
     becomes `modified_by`; a move the state rules refuse answers 409 with the current status.
     """
@@ -229,4 +251,4 @@ def update_task_execution(body: TaskExecutionUpdate, caller: Caller, state: Stat
             )
             record = fetch_task_execution(connection, caller.organization_id, record.id)
     state.publish_changes(results)
-    return JSONResponse(record.to_dict())
+    return record_response(record)
