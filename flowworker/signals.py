@@ -84,22 +84,19 @@ def record_task_started(
     if assigned is None:
         return
     arguments = task_input(kwargs.get("args"), kwargs.get("kwargs"), plugin.settings.redact_keys)
-    running = _with(_report(assigned, request, ExecutionStatus.RUNNING), input=arguments)
     # The publisher's `queued` report travels on its own and may arrive after this one; the
-    # worker states it too, just before `running`, so the record's history and the live
-    # notifications always read queued -> running -> ... in order. A repeat is a no-op.
-    # It carries no input: `running`, right behind it, brings the arguments (encoded once).
-    # Neither is journaled: the task's finished report absorbs both while they wait
-    # (`Recorder.record`), so a short task costs one journal line and one row write.
-    published_at = assigned.published_at or time.time()
-    queued = _with(
-        running,
-        status=ExecutionStatus.QUEUED,
-        at=dt.datetime.fromtimestamp(min(published_at, time.time()), dt.UTC),
-        worker=None,
-        input=None,
+    # report says when the message was published too, so the record's history and the live
+    # notifications read queued -> running -> ... in order whichever lands first. It is not
+    # journaled: the finished report absorbs it while it waits (`Recorder.record`), so a
+    # short task costs one journal line and one row write.
+    published_at = min(assigned.published_at or time.time(), time.time())
+    running = _report(
+        assigned,
+        request,
+        ExecutionStatus.RUNNING,
+        input=arguments,
+        queued_at=dt.datetime.fromtimestamp(published_at, dt.UTC),
     )
-    plugin.recorder.record(_pending(queued, assigned, request.root_id), durable=False)
     plugin.recorder.record(_pending(running, assigned, request.root_id), durable=False)
 
 
@@ -175,13 +172,15 @@ def _record_finished(
     assigned = identity.identity_of(plugin, request, task.name)
     if assigned is None:
         return
-    report = _with(_report(assigned, request, status), output=output, error=error)
+    report = _report(assigned, request, status, output=output, error=error)
     item = _pending(report, assigned, getattr(request, "root_id", None))
     plugin.recorder.record(item)  # journaled on return
     plugin.announce_terminal(item)
 
 
-def _report(assigned: ExecutionIdentity, request: Any, status: ExecutionStatus) -> TaskReport:
+def _report(
+    assigned: ExecutionIdentity, request: Any, status: ExecutionStatus, **fields: Any
+) -> TaskReport:
     return TaskReport(
         flow_execution_id=assigned.flow_execution_id,
         task_name=assigned.task_name,
@@ -190,6 +189,7 @@ def _report(assigned: ExecutionIdentity, request: Any, status: ExecutionStatus) 
         celery_task_id=_bounded(getattr(request, "id", None)),
         attempt=int(getattr(request, "retries", 0) or 0),
         worker=_bounded(getattr(request, "hostname", None)),
+        **fields,
     )
 
 
@@ -197,12 +197,6 @@ def _bounded(value: Any, limit: int = 255) -> str | None:
     """Host names and task ids longer than their columns are cut, not refused: the record
     matters more than the tail of a name."""
     return None if value is None else str(value)[:limit]
-
-
-def _with(report: TaskReport, **changes: Any) -> TaskReport:
-    from dataclasses import replace
-
-    return replace(report, **changes)
 
 
 def _pending(report: TaskReport, assigned: ExecutionIdentity, root_id: str | None) -> PendingReport:
