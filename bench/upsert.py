@@ -18,6 +18,10 @@ so that whatever else the machine does hits both sides alike:
 * batch: `upsert_task_executions` with --batch reports per call and transaction, vs
   psycopg's `executemany` of the same hand-written statement in one transaction.
 
+Each round also measures CPU per report: this process plus every PostgreSQL backend of
+the bench database (/proc; Linux, local server). On a shared machine the rates follow the
+other load; the CPU ratio (hand-written CPU / store CPU) much less.
+
 Both sides write the same reports (queued, running, completed for each key, on fresh keys
 every round) into the same table, with its history trigger; the hand-written statement gets
 the organization id from its caller instead of from the flow execution row and reports no
@@ -34,8 +38,9 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -258,21 +263,23 @@ def run(url: str, args: argparse.Namespace) -> None:
     ):
         function()
 
+    probe = psycopg.connect(plain_dsn(url), autocommit=True)
     results = {
-        "single": compare(store_single, hand_single, args.rounds),
-        "single, one connection held": compare(store_single_held, hand_single, args.rounds),
-        "batch": compare(store_batch, hand_batch, args.rounds),
+        "single": compare(store_single, hand_single, args.rounds, probe),
+        "single, one connection held": compare(store_single_held, hand_single, args.rounds, probe),
+        "batch": compare(store_batch, hand_batch, args.rounds, probe),
     }
     if args.breakdown:
         results["single, own transaction each"] = compare(
-            store_single_transaction, hand_single, args.rounds
+            store_single_transaction, hand_single, args.rounds, probe
         )
         results["single, own transaction, no organization"] = compare(
-            store_single_unscoped, hand_single, args.rounds
+            store_single_unscoped, hand_single, args.rounds, probe
         )
         results["single in a transaction vs hand-written in one"] = compare(
-            store_single_transaction, hand_single_in_transaction, args.rounds
+            store_single_transaction, hand_single_in_transaction, args.rounds, probe
         )
+    probe.close()
     raw.close()
     held.close()
     in_transaction.close()
@@ -285,41 +292,70 @@ def run(url: str, args: argparse.Namespace) -> None:
         f"Python {platform.python_version()}, PostgreSQL {server[0] if server else '?'}"
     )
     print(f"date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, rounds: {args.rounds}")
+    print(f"load average: {os.getloadavg()[0]:.1f} (1 min), {os.getloadavg()[1]:.1f} (5 min)")
     for label, (store, hand) in results.items():
         unit = f"{args.batch} per call" if label == "batch" else "1 report per call"
+        store_rate, hand_rate = median(r.rate for r in store), median(r.rate for r in hand)
+        store_cpu, hand_cpu = median(r.cpu_us for r in store), median(r.cpu_us for r in hand)
         print(
-            f"{label} ({unit}): store {median(store):8.0f} reports/s   "
-            f"hand-written {median(hand):8.0f} reports/s   ratio {ratio(store, hand):.2f}"
-            f"   (rounds: store {spread(store)}, hand-written {spread(hand)})"
+            f"{label} ({unit}): store {store_rate:.0f} reports/s, hand-written "
+            f"{hand_rate:.0f}: ratio {store_rate / hand_rate:.2f} "
+            f"(rounds: store {spread([r.rate for r in store])}, "
+            f"hand-written {spread([r.rate for r in hand])}); "
+            f"CPU per report (client + PostgreSQL) {store_cpu:.0f} vs {hand_cpu:.0f} us: "
+            f"ratio {hand_cpu / store_cpu:.2f}"
         )
 
 
+class Round:
+    """One side's round: reports per second, and CPU per report in microseconds (this
+    process plus every PostgreSQL backend of the bench database, from /proc): the rate
+    follows whatever else the machine runs, the CPU much less."""
+
+    def __init__(self, rate: float, cpu_us: float) -> None:
+        self.rate, self.cpu_us = rate, cpu_us
+
+
+def backend_cpu(probe: psycopg.Connection[Any]) -> float:
+    """CPU seconds used so far by the backends of `probe`'s database (Linux, local server)."""
+    pids = probe.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    ).fetchall()
+    total = 0
+    for (pid,) in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def compare(
-    store: Callable[[], int], hand: Callable[[], int], rounds: int
-) -> tuple[list[float], list[float]]:
-    store_rates: list[float] = []
-    hand_rates: list[float] = []
+    store: Callable[[], int], hand: Callable[[], int], rounds: int, probe: psycopg.Connection[Any]
+) -> tuple[list[Round], list[Round]]:
+    store_rounds: list[Round] = []
+    hand_rounds: list[Round] = []
     for round_number in range(rounds):
-        order = [(store, store_rates), (hand, hand_rates)]
+        order = [(store, store_rounds), (hand, hand_rounds)]
         if round_number % 2:
             order.reverse()
-        for function, rates in order:
+        for function, results in order:
+            cpu = time.process_time() + backend_cpu(probe)
             began = time.perf_counter()
             count = function()
-            rates.append(count / (time.perf_counter() - began))
-    return store_rates, hand_rates
+            elapsed = time.perf_counter() - began
+            cpu = time.process_time() + backend_cpu(probe) - cpu
+            results.append(Round(count / elapsed, 1e6 * cpu / count))
+    return store_rounds, hand_rounds
 
 
-def median(rates: list[float]) -> float:
-    return statistics.median(rates)
+def median(values: Iterable[float]) -> float:
+    return statistics.median(values)
 
 
-def ratio(store: list[float], hand: list[float]) -> float:
-    return median(store) / median(hand)
-
-
-def spread(rates: list[float]) -> str:
-    return f"{min(rates):.0f}-{max(rates):.0f}"
+def spread(values: list[float]) -> str:
+    return f"{min(values):.0f}-{max(values):.0f}"
 
 
 if __name__ == "__main__":

@@ -145,8 +145,12 @@ def upsert_function_ddl(dialect: Dialect, full: bool) -> str:
     selected = ", ".join(f"t.{c.name}" for c in columns)
     # $1 is the organization; the report's values follow in SINGLE_REPORT_PARAMETERS order
     argument = {name: f"${n}" for n, name in enumerate(SINGLE_REPORT_PARAMETERS, start=2)}
+    argument["organization_0"] = "$1"
     key = " AND ".join(f"t.{name} = {argument[f'{name}_0']}" for name in KEY_COLUMNS)
     flow_execution = argument["flow_execution_id_0"]
+    # whatever the role, a report lands only in the organization it was sent for: the
+    # upsert joins only such a flow execution, and the reads below see only such rows
+    in_organization = "($1 IS NULL OR {}.organization_id = $1::uuid)"
     return f"""
 CREATE OR REPLACE FUNCTION {_NAMES[full]}({", ".join(_parameter_types(dialect))},
     {declared}, OUT flow_known boolean)
@@ -155,14 +159,6 @@ LANGUAGE plpgsql AS $flowworker$
 BEGIN
     IF $1 IS NOT NULL THEN
         PERFORM set_config('{ORGANIZATION_SETTING}', $1, true);
-        -- whatever the role, a report lands only in the organization it was sent for
-        IF NOT EXISTS (
-            SELECT FROM flow_executions f
-            WHERE f.id = {flow_execution} AND f.organization_id = $1::uuid
-        ) THEN
-            flow_known := false;
-            RETURN;
-        END IF;
     END IF;
     {_body_sql(single_report_statement(full), dialect, argument)}
         INTO {names};
@@ -170,11 +166,15 @@ BEGIN
         RETURN;
     END IF;
     -- refused, or a repeat: the record as it stands
-    SELECT {selected} INTO {names} FROM task_executions t WHERE {key};
+    SELECT {selected} INTO {names} FROM task_executions t
+    WHERE {key} AND {in_organization.format("t")};
     IF FOUND THEN
         RETURN;
     END IF;
-    flow_known := EXISTS (SELECT FROM flow_executions f WHERE f.id = {flow_execution});
+    flow_known := EXISTS (
+        SELECT FROM flow_executions f
+        WHERE f.id = {flow_execution} AND {in_organization.format("f")}
+    );
 END
 $flowworker$
 """

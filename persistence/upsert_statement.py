@@ -258,6 +258,13 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
         proposed = proposed.where(true())  # SQLite needs a WHERE before ON CONFLICT
     elif size == 0:
         proposed = proposed.order_by(source.c.position)  # lock rows in key order
+    else:
+        # one report (`single_report_statement`): only into the organization it is reported
+        # for, whatever the role (none given: what row-level security lets the role see)
+        organization = bindparam("organization_0", type_=Uuid())
+        proposed = proposed.where(
+            or_(organization.is_(None), flow_executions_table.c.organization_id == organization)
+        )
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(task_executions_table).from_select(
         [
@@ -347,8 +354,9 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
 
 def single_report_statement(full: bool) -> Any:
     """PostgreSQL: the upsert of one report given as typed parameters named `<column>_0`,
-    in the order of `single_report_values`: the body of the single-report session function
-    (`persistence.upsert_function`), which is one round trip per report."""
+    in the order of `single_report_values`, and `organization_0` (or NULL): the body of the
+    single-report session function (`persistence.upsert_function`), which is one round trip
+    per report."""
     return _upsert_statement("postgresql", 1, full)
 
 
