@@ -37,9 +37,9 @@ _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
 
 
 class AsyncReportWriter:
-    """Up to `size` connections to the database at `url`, opened when first needed; a
-    connection the server closed (a restart) is replaced before use, without a round trip
-    (`persistence.database.server_closed`)."""
+    """Up to `size` connections to the database at `url`, opened when first needed, each
+    with a cursor kept for its calls; a connection the server closed (a restart) is replaced
+    before use, without a round trip (`persistence.database.server_closed`)."""
 
     def __init__(self, url: str, *, size: int = 4, json_max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._conninfo = (
@@ -51,7 +51,7 @@ class AsyncReportWriter:
             encode_json, max_bytes=json_max_bytes
         )
         self._slots = asyncio.Semaphore(size)
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._idle: list[tuple[psycopg.AsyncConnection[Any], psycopg.AsyncCursor[Any]]] = []
         self._call = upsert_function_call(_DIALECT, True)
 
     async def upsert_task_execution_record(
@@ -59,19 +59,16 @@ class AsyncReportWriter:
     ) -> tuple[UpsertResult, TaskExecutionRecord]:
         """Apply `report` within `organization_id`: its result and the record afterwards."""
         async with self._slots:
-            connection = await self._checkout()
+            connection, cursor = await self._checkout()
             returned = False
             try:
                 written_at = utcnow()
-                async with connection.cursor() as cursor:
-                    await cursor.execute(
-                        self._call,
-                        upsert_function_arguments(
-                            report, written_at, organization_id, self._serialize
-                        ),
-                    )
-                    row, flow_known = upsert_function_row(await cursor.fetchone(), True)
-                self._idle.append(connection)
+                await cursor.execute(
+                    self._call,
+                    upsert_function_arguments(report, written_at, organization_id, self._serialize),
+                )
+                row, flow_known = upsert_function_row(await cursor.fetchone(), True)
+                self._idle.append((connection, cursor))
                 returned = True
             finally:
                 if not returned:
@@ -80,11 +77,11 @@ class AsyncReportWriter:
         result = result_of_function(report, written_at, row, flow_known)
         return result, record_of(row)
 
-    async def _checkout(self) -> psycopg.AsyncConnection[Any]:
+    async def _checkout(self) -> tuple[psycopg.AsyncConnection[Any], psycopg.AsyncCursor[Any]]:
         while self._idle:
-            connection = self._idle.pop()
+            connection, cursor = self._idle.pop()
             if not server_closed(connection):
-                return connection
+                return connection, cursor
             await connection.close()
         connection = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
         try:
@@ -92,8 +89,8 @@ class AsyncReportWriter:
         except BaseException:
             await connection.close()
             raise
-        return connection
+        return connection, connection.cursor()
 
     async def close(self) -> None:
         while self._idle:
-            await self._idle.pop().close()
+            await self._idle.pop()[0].close()
