@@ -6,7 +6,8 @@ redis_url (none: notifications off), organization (``default``), json_max_bytes 
 spool_dir (``~/.cache/flowworker/spool``), redact_keys (comma-separated; password, token,
 secret, ...), flower_url (none), channel_prefix (``flowworker``), journal_fsync (false:
 the journal survives a killed process; true: also a machine crash, at a disk flush per
-report).
+report), writer_nice (5: how much lower than the tasks' the CPU priority of the recorder's
+writer thread is, 0 to 19; 0 leaves it alone).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Settings:
     channel_prefix: str = "flowworker"
     #: fsync the journal after every report: survives a machine crash, costs a disk flush
     journal_fsync: bool = False
+    #: the writer thread's nice increment: its work waits while tasks need the CPU
+    writer_nice: int = 5
 
     @classmethod
     def load(
@@ -82,6 +85,14 @@ def _convert(name: str, raw: Any) -> Any:
             ) from None
         if value < 1024:
             raise ConfigurationError(f"{name} must be at least 1024 bytes, not {value}")
+        return value
+    if name == "writer_nice":
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            value = -1
+        if not 0 <= value <= 19:
+            raise ConfigurationError(f"{name} must be a whole number from 0 to 19, not {raw!r}")
         return value
     if name == "journal_fsync":
         if isinstance(raw, bool):

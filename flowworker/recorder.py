@@ -301,6 +301,7 @@ class Recorder:
     # -- the writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        _lower_priority(self.settings.writer_nice)
         retry_at = 0.0
         while True:
             batch = self._take_batch()
@@ -500,3 +501,18 @@ def steps_of(result: UpsertResult) -> list[UpsertResult]:
         for n, step in enumerate(steps)
         if first_version + n >= 1
     ]
+
+
+def _lower_priority(increment: int) -> None:
+    """Lower the calling thread's CPU priority by `increment` (Linux schedules threads
+    individually): the writer's work is in the journal and memory already, so it can wait
+    while the tasks and Celery's own loop need the CPU; it still gets its fair share
+    (nice 5 weighs a third of nice 0) and never starves."""
+    if increment <= 0:
+        return
+    try:
+        thread = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + increment))
+    except OSError as exc:  # not Linux, or not allowed: run at the process's priority
+        log.debug("flowworker: could not lower the writer thread's priority: %s", exc)

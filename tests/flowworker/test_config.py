@@ -28,6 +28,8 @@ def test_journal_fsync_reads_the_usual_spellings(raw: str, expected: bool) -> No
         ("FLOWWORKER_JOURNAL_FSYNC", "maybe", "true or false"),
         ("FLOWWORKER_JSON_MAX_BYTES", "lots", "whole number"),
         ("FLOWWORKER_JSON_MAX_BYTES", "10", "at least 1024"),
+        ("FLOWWORKER_WRITER_NICE", "20", "from 0 to 19"),
+        ("FLOWWORKER_WRITER_NICE", "low", "from 0 to 19"),
     ],
 )
 def test_bad_settings_say_what_was_wrong(name: str, raw: str, message: str) -> None:
@@ -38,3 +40,8 @@ def test_bad_settings_say_what_was_wrong(name: str, raw: str, message: str) -> N
 def test_spool_dir_expands_the_home_directory() -> None:
     settings = Settings.load({}, {"FLOWWORKER_SPOOL_DIR": "~/journals"})
     assert settings.spool_dir == Path.home() / "journals"
+
+
+def test_writer_nice_defaults_to_5_and_reads_the_environment() -> None:
+    assert Settings.load({}, {}).writer_nice == 5
+    assert Settings.load({}, {"FLOWWORKER_WRITER_NICE": "0"}).writer_nice == 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sys
+import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -193,3 +196,26 @@ def test_steps_of_an_update_leave_queued_to_whoever_created_the_record() -> None
         (S.RUNNING, 2),
         (S.FAILED, 3),
     ]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+@pytest.mark.parametrize("increment", [0, 5])
+def test_the_writer_thread_runs_at_a_lower_cpu_priority(
+    pg_engine: Engine, postgres_url: str, tmp_path: Path, increment: int
+) -> None:
+    with transaction(pg_engine) as connection:
+        organization_id = ensure_organization(connection, "nice")
+        flow_execution_id = create_flow_execution(connection, organization_id)
+    recorder = Recorder(
+        Settings.load(
+            {}, {}, database_url=postgres_url, spool_dir=str(tmp_path), writer_nice=increment
+        )
+    )
+    report = TaskReport(flow_execution_id, "t", 0, ExecutionStatus.COMPLETED)
+    recorder.record(PendingReport(report, organization_id))
+    assert recorder.flush(30)
+    writer = recorder._thread.native_id
+    assert writer is not None
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert os.getpriority(os.PRIO_PROCESS, writer) == min(19, own + increment)
+    recorder.close()
