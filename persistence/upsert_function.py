@@ -6,14 +6,15 @@ one a fifth (the current status). Here the same statement runs inside a PL/pgSQL
 created once per connection in `pg_temp` (so it lives and dies with the session, needs no
 migration, and is always the SQL that `persistence.upsert_statement` builds today):
 
-    SELECT * FROM pg_temp.flowworker_report(<organization>, <report as JSON>)
+    SELECT * FROM pg_temp.flowworker_report(<organization>, <the report's values>)
 
 On an autocommit connection that one statement is the whole transaction. The function sets
 the organization with `set_config(..., true)` first, so the row-level security policies
-of the statements after it see it (and the setting ends with the statement), refuses a
-flow execution of another organization, runs the upsert, and when it wrote nothing returns
-the record as it stands, or, with no record at all, whether the flow execution exists. The
-function runs with its caller's rights: a role subject to row-level security stays so.
+of the statements after it see it (and the setting ends with the statement); runs the
+upsert, which joins only a flow execution of that organization whatever the role; and
+when it wrote nothing returns the record as it stands, or, with no record at all, whether
+the flow execution exists (in that organization). The function runs with its caller's
+rights: a role subject to row-level security stays so.
 """
 
 from __future__ import annotations
