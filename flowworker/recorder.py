@@ -54,16 +54,30 @@ _MEMORY_QUEUE_MAX = 20_000
 _RETRY_DELAY = 1.0
 
 
+#: SQLSTATE class 54, "program limit exceeded" (a value too large for an index, a
+#: statement too complex): psycopg files it under OperationalError, but the same batch
+#: would fail the same way forever, so it is about the data.
+_LIMIT_EXCEEDED_CLASS = "54"
+
+
 def database_unavailable(exc: BaseException) -> bool:
     """The database cannot be reached, or is going away: retry later. Anything else the
     database raises is about the data, and retrying the same batch would never end."""
     if isinstance(exc, DBAPIError):
+        if _sqlstate(exc.orig).startswith(_LIMIT_EXCEEDED_CLASS):
+            return False
         return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
     try:  # the fast path runs statements on psycopg's own cursor: its errors are not wrapped
         import psycopg
     except ImportError:  # pragma: no cover - SQLite only
         return False
+    if _sqlstate(exc).startswith(_LIMIT_EXCEEDED_CLASS):
+        return False
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def _sqlstate(exc: BaseException | None) -> str:
+    return str(getattr(exc, "sqlstate", None) or "")
 
 
 class AllocationTimeout(FlowworkerError):
@@ -257,7 +271,7 @@ class Recorder:
         if self._pid != os.getpid():
             return True
         if self._replaying or self._stuck():
-            return not self._journal.backlog()
+            return not (self._journal.backlog() or self._unwritten or self._writing_unjournaled)
         deadline = time.monotonic() + timeout
         while self._journal.backlog() or self._unwritten or self._writing_unjournaled:
             with self._queue_lock:
@@ -308,13 +322,21 @@ class Recorder:
             if self._stopping and not batch and not self._replaying:
                 return
             if time.monotonic() < retry_at:
+                # the journal holds the journaled ones; memory-only ones only the queue
+                self._requeue_unjournaled(batch)
                 time.sleep(min(0.2, retry_at - time.monotonic()))
                 continue
             self._write_started = time.monotonic()
             try:
                 if self._replaying or self._overflow:
                     self._replaying = True
-                    self._requeue_unjournaled(batch)
+                    # Memory-only reports before the journal: a finished report that came
+                    # while one of them was being written (so could not absorb it) and that
+                    # write failed is in the journal, and must land after it.
+                    unjournaled = [item for item, offset in batch if offset is None]
+                    if unjournaled:
+                        self._write(unjournaled)
+                        batch = []  # written: nothing to wait again if the replay fails
                     self._replay_journal()
                 elif batch:
                     self._write([item for item, _ in batch])

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy import Engine, make_url, select
+from sqlalchemy.exc import DBAPIError
 
 from flowworker.config import Settings
 from flowworker.pending import PendingReport
@@ -36,6 +37,21 @@ def test_a_closed_server_is_unavailable_and_a_data_error_is_not(pg_engine: Engin
     ):
         connection.execute("SELECT 1 / 0")
     assert not database_unavailable(data_error.value)
+
+
+def test_a_program_limit_is_about_the_data_not_the_server(pg_engine: Engine) -> None:
+    """psycopg calls SQLSTATE class 54 an OperationalError; retrying would never end."""
+    dsn = make_url(str(pg_engine.url)).set(drivername="postgresql")
+    insert = "INSERT INTO t SELECT string_agg(md5(n::text), '') FROM generate_series(1, 400) n"
+    with psycopg.connect(dsn.render_as_string(hide_password=False)) as connection:
+        connection.execute("CREATE TEMP TABLE t (v text)")
+        connection.execute("CREATE INDEX ON t (v)")
+        with pytest.raises(psycopg.OperationalError) as too_large:
+            connection.execute(insert)  # index row size exceeds the maximum: 54000
+    assert str(too_large.value.sqlstate).startswith("54")
+    assert not database_unavailable(too_large.value)
+    wrapped = DBAPIError.instance(insert, None, too_large.value, psycopg.Error)
+    assert not database_unavailable(wrapped)
 
 
 def test_a_refused_report_is_isolated_and_the_rest_of_its_batch_written(
