@@ -271,9 +271,9 @@ class Recorder:
         if self._pid != os.getpid():
             return True
         if self._replaying or self._stuck():
-            return not (self._journal.backlog() or self._unwritten or self._writing_unjournaled)
+            return self._all_written()
         deadline = time.monotonic() + timeout
-        while self._journal.backlog() or self._unwritten or self._writing_unjournaled:
+        while not self._all_written():
             with self._queue_lock:
                 self._flush_requested = True
                 self._queue_lock.notify()
@@ -281,6 +281,12 @@ class Recorder:
                 return False
             time.sleep(0.01)
         return True
+
+    def _all_written(self) -> bool:
+        # under the lock: `record` and `_take_batch` move a report between the journal,
+        # `_unwritten` and `_writing_unjournaled` in steps that must not be seen halfway
+        with self._queue_lock:
+            return not (self._journal.backlog() or self._unwritten or self._writing_unjournaled)
 
     def close(self, timeout: float = 10.0) -> None:
         if self._pid != os.getpid():

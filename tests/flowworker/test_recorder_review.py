@@ -180,3 +180,41 @@ def test_a_finished_report_behind_a_failed_write_of_its_running_report_keeps_the
         ("queued", "running", 2),
         ("running", "completed", 3),
     ], f"took {time.time() - started:.1f} s"
+
+
+class _PausingUnwritten(dict):  # type: ignore[type-arg]
+    """The recorder's `_unwritten`, pausing the writer right after it takes a report out
+    (before it counts it as being written) until the test has looked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = threading.Event()
+        self.resume = threading.Event()
+
+    def __delitem__(self, key: object) -> None:
+        super().__delitem__(key)
+        self.taken.set()
+        self.resume.wait(2.0)
+
+
+def test_flush_never_answers_between_the_writer_taking_a_report_and_writing_it(
+    pg_engine: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    with transaction(pg_engine) as connection:
+        organization_id = ensure_organization(connection, "taking")
+        flow_execution_id = create_flow_execution(connection, organization_id)
+    recorder = Recorder(Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)))
+    recorder.backlog()  # the process state exists
+    unwritten = _PausingUnwritten()
+    recorder._unwritten = unwritten
+    running = TaskReport(flow_execution_id, "t", 0, S.RUNNING)
+    recorder.record(PendingReport(running, organization_id), durable=False)
+    assert unwritten.taken.wait(10)
+    try:
+        assert recorder.flush(10)
+        with transaction(pg_engine) as connection:
+            written = connection.execute(select(TaskExecution.status)).scalars().all()
+        assert written == ["running"], "flush answered True before the report was written"
+    finally:
+        unwritten.resume.set()
+        recorder.close()
