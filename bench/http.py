@@ -41,6 +41,8 @@ from sqlalchemy import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from proc_cpu import backend_pids, children_of, cpu_seconds  # noqa: E402
+
 from persistence.api_keys import create_api_key  # noqa: E402
 from persistence.database import create_database_engine, transaction  # noqa: E402
 from persistence.hierarchy import create_flow_execution, ensure_organization  # noqa: E402
@@ -123,33 +125,14 @@ async def run_round(
     }
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of these processes so far (0 for those gone or unreadable)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def server_pids(server: subprocess.Popen[bytes]) -> list[int]:
     """The `flowworker serve` process and its uvicorn worker processes."""
-    children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
-    try:
-        return [server.pid, *map(int, children.read_text().split())]
-    except OSError:
-        return [server.pid]
+    return [server.pid, *children_of(server.pid)]
 
 
-def backend_pids(dsn: str, database: str) -> list[int]:
+def database_backends(dsn: str, database: str) -> list[int]:
     with psycopg.connect(dsn, autocommit=True) as connection:
-        rows = connection.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)
-        ).fetchall()
-    return [row[0] for row in rows]
+        return backend_pids(connection, database)
 
 
 def start_server(
@@ -260,7 +243,7 @@ def main() -> None:
                     )
                     for c in range(args.concurrency)
                 ]
-                processes, backends = server_pids(server), backend_pids(dsn, name)
+                processes, backends = server_pids(server), database_backends(dsn, name)
                 cpu_before = cpu_seconds(processes), cpu_seconds(backends)
                 result = asyncio.run(run_round(port, path, key, bodies))
                 count = per_connection * args.concurrency

@@ -45,6 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
+from proc_cpu import backend_pids, cpu_seconds
 from sqlalchemy import make_url
 
 from persistence.database import autocommit, create_database_engine, transaction
@@ -318,17 +319,9 @@ class Round:
 
 def backend_cpu(probe: psycopg.Connection[Any]) -> float:
     """CPU seconds used so far by the backends of `probe`'s database (Linux, local server)."""
-    pids = probe.execute(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-    ).fetchall()
-    total = 0
-    for (pid,) in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    database = probe.execute("SELECT current_database()").fetchone()
+    assert database is not None
+    return cpu_seconds(backend_pids(probe, database[0]))
 
 
 def compare(

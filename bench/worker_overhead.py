@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psycopg
 import redis
+from proc_cpu import BackendSampler, children_of, cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "postgresql://root@127.0.0.1:5432/postgres"
@@ -64,15 +65,24 @@ def main() -> None:
         with psycopg.connect(ADMIN, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
-    bare = statistics.median(rates["bare"])
     print(
         f"\n{options.tasks} no-op tasks, prefork concurrency {options.concurrency}, "
-        f"Redis broker, median of {options.rounds} interleaved rounds"
+        f"Redis broker, median of {options.rounds} interleaved rounds, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'mode':<12}{'tasks/s':>10}{'ratio to bare':>16}")
+    print(f"{'mode':<12}{'tasks/s':>10}{'ratio to bare':>16}  ratio per round")
     for mode in MODES:
         median = statistics.median(rates[mode])
-        print(f"{mode:<12}{median:>10.0f}{median / bare:>16.2f}")
+        if "bare" not in rates:
+            print(f"{mode:<12}{median:>10.0f}")
+            continue
+        per_round = ", ".join(
+            f"{rate / bare:.2f}" for rate, bare in zip(rates[mode], rates["bare"], strict=True)
+        )
+        print(
+            f"{mode:<12}{median:>10.0f}{median / statistics.median(rates['bare']):>16.2f}"
+            f"  {per_round}"
+        )
     print("\nCPU ms per task (median of rounds)")
     print(f"{'mode':<12}" + "".join(f"{part:>13}" for part in CPU_PARTS) + f"{'total':>10}")
     for mode in MODES:
@@ -82,36 +92,6 @@ def main() -> None:
             + "".join(f"{parts[part]:>13.2f}" for part in CPU_PARTS)
             + f"{sum(parts.values()):>10.2f}"
         )
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of these processes so far (0 for those gone or unreadable)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        return [
-            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        ]
-    except OSError:
-        return []
-
-
-def backends_of(database: str) -> list[int]:
-    with psycopg.connect(ADMIN, autocommit=True) as connection:
-        rows = connection.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (database,),
-        ).fetchall()
-    return [pid for (pid,) in rows]
 
 
 def redis_pid(client: redis.Redis) -> int:
@@ -164,41 +144,39 @@ def run_round(
     try:
         time.sleep(3)  # let the worker come up before the clock starts
         pool = children_of(worker.pid)
-        backends_before = set(backends_of(database))
-        before = {
-            "worker main": cpu_seconds([worker.pid]),
-            "pool": cpu_seconds(pool),
-            "postgresql": cpu_seconds(list(backends_before)),
-            "redis": cpu_seconds([redis_pid(client)]),
-        }
-        publisher = subprocess.Popen(
-            [sys.executable, "-c", PUBLISH, str(tasks)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert publisher.stdout is not None
-        output = publisher.stdout.read()
-        if publisher.wait() != 0:
-            raise RuntimeError(f"{mode}: the publisher exited with {publisher.returncode}")
-        started, publisher_cpu = (float(value) for value in output.split()[:2])
-        deadline = time.monotonic() + 600
-        while int(client.get(counter) or 0) < tasks:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{mode}: only {client.get(counter)} of {tasks} tasks done")
-            time.sleep(0.01)
-        finished = time.time()
-        time.sleep(0.5)  # the recorders' last batch
-        backends = set(backends_of(database))
-        after = {
-            "worker main": cpu_seconds([worker.pid]),
-            "pool": cpu_seconds(children_of(worker.pid)),
-            # backends opened during the round started from zero
-            "postgresql": cpu_seconds(list(backends | backends_before)),
-            "redis": cpu_seconds([redis_pid(client)]),
-        }
+        with BackendSampler(ADMIN, database) as sampler:
+            before = {
+                "worker main": cpu_seconds([worker.pid]),
+                "pool": cpu_seconds(pool),
+                "redis": cpu_seconds([redis_pid(client)]),
+            }
+            publisher = subprocess.Popen(
+                [sys.executable, "-c", PUBLISH, str(tasks)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert publisher.stdout is not None
+            output = publisher.stdout.read()
+            if publisher.wait() != 0:
+                raise RuntimeError(f"{mode}: the publisher exited with {publisher.returncode}")
+            started, publisher_cpu = (float(value) for value in output.split()[:2])
+            deadline = time.monotonic() + 600
+            while int(client.get(counter) or 0) < tasks:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{mode}: only {client.get(counter)} of {tasks} tasks done")
+                time.sleep(0.01)
+            finished = time.time()
+            time.sleep(0.5)  # the recorders' last batch
+            after = {
+                "worker main": cpu_seconds([worker.pid]),
+                "pool": cpu_seconds(children_of(worker.pid)),
+                "redis": cpu_seconds([redis_pid(client)]),
+            }
         cpu_ms = {part: 1000 * (after[part] - before[part]) / tasks for part in before}
+        # every backend of the database, the publisher's (gone by now) included
+        cpu_ms["postgresql"] = 1000 * sampler.cpu_seconds() / tasks
         cpu_ms["publisher"] = 1000 * publisher_cpu / tasks
     finally:
         worker.terminate()
