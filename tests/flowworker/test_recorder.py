@@ -20,9 +20,10 @@ from flowworker.pending import PendingReport
 from flowworker.recorder import Recorder, database_unavailable, steps_of
 from persistence.database import transaction
 from persistence.hierarchy import create_flow_execution, ensure_organization
-from persistence.models import TaskExecution, TaskExecutionEvent
+from persistence.models import TaskExecution
 from persistence.reports import TaskReport, UpsertOutcome, UpsertResult
 from persistence.status import ExecutionStatus
+from tests.persistence.helpers import history_steps
 from tests.pg_cluster import free_port
 
 
@@ -90,21 +91,6 @@ class CollectingNotifier:
         pass
 
 
-def _events(engine: Engine, flow_execution_id: uuid.UUID) -> list[tuple[str | None, str, int]]:
-    with transaction(engine) as connection:
-        rows = connection.execute(
-            select(
-                TaskExecutionEvent.from_status,
-                TaskExecutionEvent.to_status,
-                TaskExecutionEvent.version,
-            )
-            .join(TaskExecution, TaskExecution.id == TaskExecutionEvent.task_execution_id)
-            .where(TaskExecution.flow_execution_id == flow_execution_id)
-            .order_by(TaskExecutionEvent.id)
-        )
-        return [tuple(row) for row in rows]  # type: ignore[misc]
-
-
 def _journal_lines(spool: Path) -> list[str]:
     return [
         line for path in spool.glob("*.journal.jsonl") for line in path.read_text().splitlines()
@@ -147,7 +133,7 @@ def test_a_short_task_is_one_journal_line_and_one_row_write_with_every_step(
         "w",
     )
     assert (row.queued_at, row.started_at) == (reports[0].at, reports[1].at)
-    assert _events(pg_engine, flow_execution_id) == [
+    assert history_steps(pg_engine, flow_execution_id=flow_execution_id) == [
         (None, "queued", 1),
         ("queued", "running", 2),
         ("running", "completed", 3),

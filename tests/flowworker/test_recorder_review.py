@@ -21,11 +21,12 @@ from flowworker.pending import PendingReport
 from flowworker.recorder import Recorder
 from persistence.database import create_database_engine, transaction
 from persistence.hierarchy import create_flow_execution, ensure_organization
-from persistence.models import TaskExecution, TaskExecutionEvent
+from persistence.models import TaskExecution
 from persistence.reports import TaskReport
 from persistence.schema import upgrade_database
 from persistence.status import ExecutionStatus
 from tests.flowworker.workers import wait_until
+from tests.persistence.helpers import history_steps
 from tests.servers import POSTGRES_ADMIN_URL, require
 
 S = ExecutionStatus
@@ -91,18 +92,6 @@ def _records(engine: Engine) -> list[tuple[int, str]]:
             )
         )
         return [(row.task_execution_idx, row.status) for row in rows]
-
-
-def _history(engine: Engine) -> list[tuple[str | None, str, int]]:
-    with transaction(engine) as connection:
-        rows = connection.execute(
-            select(
-                TaskExecutionEvent.from_status,
-                TaskExecutionEvent.to_status,
-                TaskExecutionEvent.version,
-            ).order_by(TaskExecutionEvent.version)
-        )
-        return [(row.from_status, row.to_status, row.version) for row in rows]
 
 
 def test_a_memory_only_report_outlives_the_writers_retry_wait(
@@ -175,7 +164,7 @@ def test_a_finished_report_behind_a_failed_write_of_its_running_report_keeps_the
     wait_until(lambda: recorder.flush(1), timeout=30)
     recorder.close()
     assert _records(own_database.engine) == [(0, "completed")]
-    assert _history(own_database.engine) == [
+    assert history_steps(own_database.engine) == [
         (None, "queued", 1),
         ("queued", "running", 2),
         ("running", "completed", 3),

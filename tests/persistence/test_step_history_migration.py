@@ -6,15 +6,14 @@ import datetime as dt
 import uuid
 from dataclasses import replace
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from persistence.database import transaction
-from persistence.models import TaskExecution, TaskExecutionEvent
 from persistence.reports import TaskReport
 from persistence.schema import downgrade_database, upgrade_database
 from persistence.status import ExecutionStatus as S
 from persistence.upsert import upsert_task_execution
-from tests.persistence.helpers import make_flow_execution
+from tests.persistence.helpers import history_steps, make_flow_execution
 from tests.persistence.test_migrations import (  # noqa: F401 (fixtures)
     fresh_engine,
     fresh_url,
@@ -22,21 +21,6 @@ from tests.persistence.test_migrations import (  # noqa: F401 (fixtures)
 )
 
 T0 = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
-
-
-def _history(engine: Engine, idx: int) -> list[tuple[str | None, str, int]]:
-    with transaction(engine) as connection:
-        rows = connection.execute(
-            select(
-                TaskExecutionEvent.from_status,
-                TaskExecutionEvent.to_status,
-                TaskExecutionEvent.version,
-            )
-            .join(TaskExecution, TaskExecution.id == TaskExecutionEvent.task_execution_id)
-            .where(TaskExecution.task_execution_idx == idx)
-            .order_by(TaskExecutionEvent.id)
-        )
-        return [(row.from_status, row.to_status, row.version) for row in rows]
 
 
 def _write(engine: Engine, organization_id: uuid.UUID, report: TaskReport) -> int:
@@ -62,14 +46,14 @@ def test_0005_up_and_down_with_records(fresh_engine: Engine) -> None:  # noqa: F
         started_at=T0 + dt.timedelta(seconds=1),
     )
     assert _write(engine, organization_id, folded) == 3
-    assert _history(engine, 0) == [
+    assert history_steps(engine, task_execution_idx=0) == [
         (None, "queued", 1),
         ("queued", "running", 2),
         ("running", "completed", 3),
     ]
     new = TaskReport(flow_execution_id, "t", 1, S.FAILED, at=T0, queued_at=T0, started_at=T0)
     assert _write(engine, organization_id, new) == 3
-    assert _history(engine, 1) == [
+    assert history_steps(engine, task_execution_idx=1) == [
         (None, "queued", 1),
         ("queued", "running", 2),
         ("running", "failed", 3),
@@ -79,7 +63,7 @@ def test_0005_up_and_down_with_records(fresh_engine: Engine) -> None:  # noqa: F
     assert trigger_names(engine) == triggers
     for status in (S.QUEUED, S.RUNNING, S.COMPLETED):
         _write(engine, organization_id, TaskReport(flow_execution_id, "t", 2, status, at=T0))
-    assert _history(engine, 2) == [
+    assert history_steps(engine, task_execution_idx=2) == [
         (None, "queued", 1),
         ("queued", "running", 2),
         ("running", "completed", 3),
@@ -88,4 +72,4 @@ def test_0005_up_and_down_with_records(fresh_engine: Engine) -> None:  # noqa: F
     upgrade_database(engine)
     assert trigger_names(engine) == triggers
     assert _write(engine, organization_id, replace(folded, task_execution_idx=3, queued_at=T0)) == 3
-    assert [version for *_, version in _history(engine, 3)] == [1, 2, 3]
+    assert [version for *_, version in history_steps(engine, task_execution_idx=3)] == [1, 2, 3]
