@@ -49,7 +49,9 @@ def assign_at_publish(plugin: Plugin, headers: dict[str, Any]) -> ExecutionIdent
     return assigned
 
 
-def _new_identity(plugin: Plugin, headers: dict[str, Any], retries: int) -> ExecutionIdentity:
+def _new_identity(
+    plugin: Plugin, headers: dict[str, Any], retries: int, in_worker: bool = False
+) -> ExecutionIdentity:
     task_id = str(headers["id"])
     task_name = str(headers["task"])
     parent = _running_identity(task_id)
@@ -80,6 +82,7 @@ def _new_identity(plugin: Plugin, headers: dict[str, Any], retries: int) -> Exec
         organization_id,
         ad_hoc=ad_hoc_flow_execution(draft, headers.get("root_id")),
         at_least=1 if opener == task_name else 0,
+        queue_behind_stuck=in_worker,
     )
     return dataclasses.replace(draft, task_execution_idx=idx)
 
@@ -127,6 +130,7 @@ def identity_of(plugin: Plugin, request: Any, celery_task_name: str) -> Executio
                 found.organization_id,
                 ad_hoc=ad_hoc_flow_execution(found, getattr(request, "root_id", None)),
                 at_least=found.task_execution_idx + 1,
+                queue_behind_stuck=True,
             )
         resolved = dataclasses.replace(
             found, task_execution_idx=idx, retries=retries, published_at=None
@@ -143,7 +147,7 @@ def identity_of(plugin: Plugin, request: Any, celery_task_name: str) -> Executio
             "root_id": getattr(request, "root_id", None),
             "group": getattr(request, "group", None),
         }
-        resolved = _new_identity(plugin, headers, retries)
+        resolved = _new_identity(plugin, headers, retries, in_worker=True)
     with contextlib.suppress(AttributeError):  # a read-only request object
         request._flowworker_identity = resolved
     return resolved

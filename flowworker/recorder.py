@@ -222,15 +222,24 @@ class Recorder:
         *,
         ad_hoc: AdHocFlowExecution | None = None,
         at_least: int = 0,
+        queue_behind_stuck: bool = False,
     ) -> int:
         """The next task_execution_idx of `task_name` in the flow execution (one round trip).
 
         Runs on a helper thread and waits at most `allocate_timeout`: a frozen database must
         not hang the task that is publishing. Raises `AllocationTimeout` then (the message
-        goes out without an identity and the worker resolves it on first sight)."""
+        goes out without an identity and the worker resolves it on first sight). While an
+        earlier allocation is stuck it raises at once, unless `queue_behind_stuck`: the
+        worker resolving a task that is about to run or has finished waits its turn (at
+        most `allocate_timeout` too), since the database that froze is likely back by then
+        and giving up would leave the execution unrecorded."""
         self._ensure_process()
         started = self._allocation_started
-        if started is not None and time.monotonic() - started > self.allocate_timeout:
+        if (
+            not queue_behind_stuck
+            and started is not None
+            and time.monotonic() - started > self.allocate_timeout
+        ):
             raise AllocationTimeout("an earlier idx allocation still waits on the database")
         future = self._allocator.submit(
             self._allocate, flow_execution_id, task_name, organization_id, ad_hoc, at_least
@@ -238,6 +247,7 @@ class Recorder:
         try:
             return future.result(timeout=self.allocate_timeout)
         except concurrent.futures.TimeoutError:
+            future.cancel()  # still queued behind a stuck one: never run it for nobody
             raise AllocationTimeout(
                 f"the database did not hand out an idx within {self.allocate_timeout} s"
             ) from None

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import sys
 import threading
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from flowworker.config import Settings
 from flowworker.pending import PendingReport
-from flowworker.recorder import Recorder, database_unavailable, steps_of
+from flowworker.recorder import AllocationTimeout, Recorder, database_unavailable, steps_of
 from persistence.database import transaction
 from persistence.hierarchy import create_flow_execution, ensure_organization
 from persistence.models import TaskExecution
@@ -220,4 +221,36 @@ def test_the_writer_thread_runs_at_a_lower_cpu_priority(
     assert writer is not None
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert os.getpriority(os.PRIO_PROCESS, writer) == min(19, own + increment)
+    recorder.close()
+
+
+def test_the_worker_waits_its_turn_behind_an_allocation_stuck_on_a_database_now_back(
+    pg_engine: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    """A publish gives up at once while an earlier allocation is stuck (a frozen database
+    must not hold the publishing task); the worker resolving a task that runs now queues
+    behind it, bounded the same way, so a database that came back records the task."""
+    with transaction(pg_engine) as connection:
+        organization_id = ensure_organization(connection, "stuck-allocation")
+        flow_execution_id = create_flow_execution(connection, organization_id)
+    recorder = Recorder(
+        Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)),
+        allocate_timeout=1.0,
+    )
+    dsn = make_url(str(pg_engine.url)).set(drivername="postgresql")
+    locker = psycopg.connect(dsn.render_as_string(hide_password=False))
+    locker.execute("LOCK TABLE task_index_counters IN ACCESS EXCLUSIVE MODE")
+    try:
+        with pytest.raises(AllocationTimeout, match="within"):
+            recorder.allocate_idx(flow_execution_id, "t", organization_id)
+        time.sleep(0.1)
+        with pytest.raises(AllocationTimeout, match="earlier"):
+            recorder.allocate_idx(flow_execution_id, "t", organization_id)
+        threading.Timer(0.3, locker.rollback).start()  # the database answers again
+        idx = recorder.allocate_idx(
+            flow_execution_id, "t", organization_id, queue_behind_stuck=True
+        )
+    finally:
+        locker.close()
+    assert idx == 1, "the stuck allocation took 0 once the lock went"
     recorder.close()
