@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from celery import current_task
@@ -118,8 +119,13 @@ def identity_of(plugin: Plugin, request: Any, celery_task_name: str) -> Executio
     organization_id = (
         plugin.recorder.default_organization_id() if found is None else found.organization_id
     )
-    with transaction(plugin.recorder.engine, organization_id) as connection:
-        key = fetch_execution_key(connection, str(task_id), retries)
+
+    def fetch_key() -> tuple[uuid.UUID, str, int] | None:
+        with transaction(plugin.recorder.engine, organization_id) as connection:
+            return fetch_execution_key(connection, str(task_id), retries)
+
+    # bounded like an allocation: a frozen database must not hold the task
+    key = plugin.recorder.run_on_database(fetch_key, queue_behind_stuck=True)
     if found is not None:
         if key is not None:
             idx = key[2]

@@ -18,6 +18,7 @@ Connections and the thread are made per process, after fork (Celery's prefork po
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import os
 import threading
@@ -25,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -47,6 +48,8 @@ from persistence.status import ExecutionStatus
 from persistence.upsert import upsert_task_executions
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _KNOWN_FLOW_EXECUTIONS_MAX = 50_000
 #: reports kept in memory beyond this are read back from the journal instead
@@ -233,6 +236,18 @@ class Recorder:
         worker resolving a task that is about to run or has finished waits its turn (at
         most `allocate_timeout` too), since the database that froze is likely back by then
         and giving up would leave the execution unrecorded."""
+        return self.run_on_database(
+            functools.partial(
+                self._allocate, flow_execution_id, task_name, organization_id, ad_hoc, at_least
+            ),
+            queue_behind_stuck=queue_behind_stuck,
+        )
+
+    def run_on_database(self, work: Callable[[], T], *, queue_behind_stuck: bool = False) -> T:
+        """`work()` (a database round trip a signal handler needs the answer of) on the
+        helper thread, waited for at most `allocate_timeout`: raises `AllocationTimeout`
+        instead of holding the task when the database does not answer. See `allocate_idx`
+        for `queue_behind_stuck`."""
         self._ensure_process()
         started = self._allocation_started
         if (
@@ -241,16 +256,21 @@ class Recorder:
             and time.monotonic() - started > self.allocate_timeout
         ):
             raise AllocationTimeout("an earlier idx allocation still waits on the database")
-        future = self._allocator.submit(
-            self._allocate, flow_execution_id, task_name, organization_id, ad_hoc, at_least
-        )
+        future = self._allocator.submit(self._timed, work)
         try:
             return future.result(timeout=self.allocate_timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()  # still queued behind a stuck one: never run it for nobody
             raise AllocationTimeout(
-                f"the database did not hand out an idx within {self.allocate_timeout} s"
+                f"the database did not answer within {self.allocate_timeout} s"
             ) from None
+
+    def _timed(self, work: Callable[[], T]) -> T:
+        self._allocation_started = time.monotonic()
+        try:
+            return work()
+        finally:
+            self._allocation_started = None
 
     def _allocate(
         self,
@@ -260,17 +280,13 @@ class Recorder:
         ad_hoc: AdHocFlowExecution | None,
         at_least: int,
     ) -> int:
-        self._allocation_started = time.monotonic()
-        try:
-            with transaction(self.engine, organization_id) as connection:
-                if ad_hoc is not None and ad_hoc.id not in self._known_flow_executions:
-                    self._ensure_default_organization(connection, [ad_hoc])
-                    ensure_flow_executions(connection, [ad_hoc])
-                idx = allocate_task_execution_idx(
-                    connection, flow_execution_id, task_name, at_least=at_least
-                )
-        finally:
-            self._allocation_started = None
+        with transaction(self.engine, organization_id) as connection:
+            if ad_hoc is not None and ad_hoc.id not in self._known_flow_executions:
+                self._ensure_default_organization(connection, [ad_hoc])
+                ensure_flow_executions(connection, [ad_hoc])
+            idx = allocate_task_execution_idx(
+                connection, flow_execution_id, task_name, at_least=at_least
+            )
         if ad_hoc is not None:
             self._remember_flow_executions([ad_hoc.id])
         return idx

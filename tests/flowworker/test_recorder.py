@@ -241,7 +241,7 @@ def test_the_worker_waits_its_turn_behind_an_allocation_stuck_on_a_database_now_
     locker = psycopg.connect(dsn.render_as_string(hide_password=False))
     locker.execute("LOCK TABLE task_index_counters IN ACCESS EXCLUSIVE MODE")
     try:
-        with pytest.raises(AllocationTimeout, match="within"):
+        with pytest.raises(AllocationTimeout, match="did not answer within"):
             recorder.allocate_idx(flow_execution_id, "t", organization_id)
         time.sleep(0.1)
         with pytest.raises(AllocationTimeout, match="earlier"):
@@ -253,4 +253,32 @@ def test_the_worker_waits_its_turn_behind_an_allocation_stuck_on_a_database_now_
     finally:
         locker.close()
     assert idx == 1, "the stuck allocation took 0 once the lock went"
+    recorder.close()
+
+
+def test_a_lookup_for_a_running_task_is_bounded_when_the_database_does_not_answer(
+    pg_engine: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    """The worker resolving a message that came without an identity reads the database from
+    a signal handler: that read gives up after `allocate_timeout` instead of holding the
+    task (the test locks the table it reads)."""
+    recorder = Recorder(
+        Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)),
+        allocate_timeout=0.5,
+    )
+
+    def lookup() -> str:
+        with transaction(recorder.engine) as connection:
+            connection.execute(select(TaskExecution.id).limit(1)).all()
+        return "answered"
+
+    dsn = make_url(str(pg_engine.url)).set(drivername="postgresql")
+    with psycopg.connect(dsn.render_as_string(hide_password=False)) as locker:
+        locker.execute("LOCK TABLE task_executions IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(AllocationTimeout, match="did not answer"):
+            recorder.run_on_database(lookup, queue_behind_stuck=True)
+        assert time.monotonic() - started < 2.0
+        locker.rollback()
+    assert recorder.run_on_database(lookup, queue_behind_stuck=True) == "answered"
     recorder.close()
