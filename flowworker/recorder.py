@@ -534,13 +534,22 @@ class Recorder:
 def steps_of(result: UpsertResult) -> list[UpsertResult]:
     """The status changes a write made, oldest first, one notification each: a report that
     folded in earlier steps (`TaskReport.steps`) moved its record through them too. A
-    record that existed already was past `queued` (its writer announced that)."""
+    record that existed already was past `queued` (its writer announced that), and one
+    that had started already keeps its own start time (its `running` was announced by
+    whoever wrote it: a redelivered task's first worker, say)."""
     report = result.report
     steps = report.steps
     if len(steps) == 1:
         return [result]
     if result.outcome is not UpsertOutcome.CREATED:
-        steps = tuple(step for step in steps if step is not ExecutionStatus.QUEUED)
+        started_here = result.started_at == report.started_at
+        passed = tuple(
+            step
+            for step in steps[:-1]
+            if step is not ExecutionStatus.QUEUED
+            and (step is not ExecutionStatus.RUNNING or started_here)
+        )
+        steps = (*passed, steps[-1])
     times = {ExecutionStatus.QUEUED: report.queued_at, ExecutionStatus.RUNNING: report.started_at}
     first_version = result.version - len(steps) + 1
     return [

@@ -196,6 +196,8 @@ class UpsertResult:
     version: int
     attempt: int
     updated_at: dt.datetime
+    #: when the record says the execution started (after the statement)
+    started_at: dt.datetime | None = None
 
     @property
     def changed(self) -> bool:

@@ -266,6 +266,7 @@ def _result(outcome: UpsertOutcome, report: TaskReport, row: Any) -> UpsertResul
         version=row.version,
         attempt=row.attempt,
         updated_at=row.updated_at,
+        started_at=row.started_at,
     )
 
 

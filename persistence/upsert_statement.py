@@ -100,6 +100,7 @@ RETURNED = (
     task_executions_table.c.attempt,
     task_executions_table.c.updated_at,
     task_executions_table.c.created_at,
+    task_executions_table.c.started_at,
 )
 ReturnedRow = namedtuple("ReturnedRow", [column.name for column in RETURNED])  # type: ignore[misc]
 # Every column, in `TaskExecutionRecord`'s order: for callers that answer with the record.
@@ -181,7 +182,7 @@ def prepare_upsert(
 def _source(dialect: str, size: int) -> FromClause:
     if dialect == "postgresql" and size == 0:
         columns = [
-            column(name, postgresql.JSON() if name in _JSON_COLUMNS else type_)
+            column(name, postgresql.JSONB() if name in _JSON_COLUMNS else type_)
             for name, type_ in _SOURCE_COLUMNS
         ]
         document = cast(bindparam("reports", type_=Text()), postgresql.JSON())
@@ -209,12 +210,13 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
     0; or 1, one report as typed parameters), returning `RETURNED` or, if `full`, every
     column."""
     source = _source(dialect, size)
-    # On PostgreSQL the record set is typed already; JSON arrives as json and is cast to
-    # JSONB here. (In SQLite a cast would change the stored affinity.)
+    # On PostgreSQL the record set of a batch is typed already (its JSON columns are read
+    # as jsonb); one report's JSON parameters arrive as text and are cast to JSONB here.
+    # (In SQLite a cast would change the stored affinity.)
     src = SimpleNamespace(
         **{
             name: cast(source.c[name], type_)
-            if dialect == "postgresql" and name in _JSON_COLUMNS
+            if dialect == "postgresql" and size != 0 and name in _JSON_COLUMNS
             else source.c[name]
             for name, type_ in _SOURCE_COLUMNS
         }

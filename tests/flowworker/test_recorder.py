@@ -166,7 +166,7 @@ def test_a_memory_only_report_alone_is_written_and_flush_waits_for_it(
     recorder.close()
 
 
-def test_steps_of_an_update_leave_queued_to_whoever_created_the_record() -> None:
+def test_steps_of_an_update_leave_earlier_steps_to_whoever_wrote_them() -> None:
     S = ExecutionStatus
     at = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
     report = TaskReport(
@@ -187,6 +187,7 @@ def test_steps_of_an_update_leave_queued_to_whoever_created_the_record() -> None
         version=3,
         attempt=0,
         updated_at=report.at,
+        started_at=report.started_at,  # the record took this report's start time
     )
     steps = steps_of(result)
     assert [(step.status, step.version, step.updated_at) for step in steps] == [
@@ -199,6 +200,10 @@ def test_steps_of_an_update_leave_queued_to_whoever_created_the_record() -> None
         (S.RUNNING, 2),
         (S.FAILED, 3),
     ]
+    # a record that had started already (a redelivered task's first worker wrote running)
+    # keeps its own start time, and its running was announced by that worker
+    started_before = replace(result, started_at=at + dt.timedelta(milliseconds=500))
+    assert [(step.status, step.version) for step in steps_of(started_before)] == [(S.FAILED, 3)]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")

@@ -4,7 +4,7 @@ Every record is driven through up to three reports (plain, or folding in when it
 and started, as the recorder sends them), each write on its own. Afterwards the history
 numbers the record's versions 1..version with no gap or repeat, each event starts where
 the one before ended, and the notifications the recorder derives from each write
-(`recorder.steps_of`) announce every event (and, a known gap, some twice)."""
+(`recorder.steps_of`) announce every event, each once."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import itertools
 import uuid
 from collections import defaultdict
 
-import pytest
 from sqlalchemy import Engine, select
 
 from flowworker.recorder import steps_of
@@ -127,13 +126,6 @@ def test_version_and_history_agree_and_every_step_is_announced(engine: Engine) -
     assert not wrong, f"{len(wrong)} wrong, e.g. {list(wrong.values())[:5]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="steps_of cannot tell whether an updated record was queued (the write passed "
-    "running too) or running already: a finished report folding in its start time that "
-    "lands on a running record (acks_late redelivery) announces that record's running "
-    "version a second time",
-)
 def test_no_step_is_announced_twice(engine: Engine) -> None:
     sequences, _, _, announced = _drive(engine)
     repeated = {
