@@ -25,15 +25,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from flowworker.config import Settings
 from flowworker.journal import Journal, JournalFull
+from flowworker.outage import database_unavailable
 from flowworker.pending import PendingReport
+from flowworker.steps import steps_of
 from persistence.database import create_database_engine, transaction
 from persistence.errors import FlowworkerError
 from persistence.hierarchy import (
@@ -43,8 +44,7 @@ from persistence.hierarchy import (
     ensure_organization,
     organization_id_for,
 )
-from persistence.reports import UpsertOutcome, UpsertResult
-from persistence.status import ExecutionStatus
+from persistence.reports import UpsertResult
 from persistence.upsert import upsert_task_executions
 
 log = logging.getLogger(__name__)
@@ -55,32 +55,6 @@ _KNOWN_FLOW_EXECUTIONS_MAX = 50_000
 #: reports kept in memory beyond this are read back from the journal instead
 _MEMORY_QUEUE_MAX = 20_000
 _RETRY_DELAY = 1.0
-
-
-#: SQLSTATE class 54, "program limit exceeded" (a value too large for an index, a
-#: statement too complex): psycopg files it under OperationalError, but the same batch
-#: would fail the same way forever, so it is about the data.
-_LIMIT_EXCEEDED_CLASS = "54"
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """The database cannot be reached, or is going away: retry later. Anything else the
-    database raises is about the data, and retrying the same batch would never end."""
-    if isinstance(exc, DBAPIError):
-        if _sqlstate(exc.orig).startswith(_LIMIT_EXCEEDED_CLASS):
-            return False
-        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-    try:  # the fast path runs statements on psycopg's own cursor: its errors are not wrapped
-        import psycopg
-    except ImportError:  # pragma: no cover - SQLite only
-        return False
-    if _sqlstate(exc).startswith(_LIMIT_EXCEEDED_CLASS):
-        return False
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-
-
-def _sqlstate(exc: BaseException | None) -> str:
-    return str(getattr(exc, "sqlstate", None) or "")
 
 
 class AllocationTimeout(FlowworkerError):
@@ -529,41 +503,6 @@ class Recorder:
         self.stats.errors += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
         log.warning("flowworker: %s: %s", message, self.stats.last_error, exc_info=exc_info)
-
-
-def steps_of(result: UpsertResult) -> list[UpsertResult]:
-    """The status changes a write made, oldest first, one notification each: a report that
-    folded in earlier steps (`TaskReport.steps`) moved its record through them too. A
-    record that existed already was past `queued` (its writer announced that), and one
-    that had started already keeps its own start time (its `running` was announced by
-    whoever wrote it: a redelivered task's first worker, say)."""
-    report = result.report
-    steps = report.steps
-    if len(steps) == 1:
-        return [result]
-    if result.outcome is not UpsertOutcome.CREATED:
-        started_here = result.started_at == report.started_at
-        passed = tuple(
-            step
-            for step in steps[:-1]
-            if step is not ExecutionStatus.QUEUED
-            and (step is not ExecutionStatus.RUNNING or started_here)
-        )
-        steps = (*passed, steps[-1])
-    times = {ExecutionStatus.QUEUED: report.queued_at, ExecutionStatus.RUNNING: report.started_at}
-    first_version = result.version - len(steps) + 1
-    return [
-        replace(
-            result,
-            status=step,
-            version=first_version + n,
-            updated_at=times.get(step) or result.updated_at,
-        )
-        if n < len(steps) - 1
-        else result
-        for n, step in enumerate(steps)
-        if first_version + n >= 1
-    ]
 
 
 def _lower_priority(increment: int) -> None:

@@ -17,8 +17,10 @@ from sqlalchemy import Engine, make_url, select
 from sqlalchemy.exc import DBAPIError
 
 from flowworker.config import Settings
+from flowworker.outage import database_unavailable
 from flowworker.pending import PendingReport
-from flowworker.recorder import AllocationTimeout, Recorder, database_unavailable, steps_of
+from flowworker.recorder import AllocationTimeout, Recorder
+from flowworker.steps import steps_of
 from persistence.database import transaction
 from persistence.hierarchy import create_flow_execution, ensure_organization
 from persistence.models import TaskExecution

@@ -4,7 +4,7 @@ Every record is driven through up to three reports (plain, or folding in when it
 and started, as the recorder sends them), each write on its own. Afterwards the history
 numbers the record's versions 1..version with no gap or repeat, each event starts where
 the one before ended, and the notifications the recorder derives from each write
-(`recorder.steps_of`) announce every event, each once."""
+(`flowworker.steps.steps_of`) announce every event, each once."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections import defaultdict
 
 from sqlalchemy import Engine, select
 
-from flowworker.recorder import steps_of
+from flowworker.steps import steps_of
 from persistence.database import transaction
 from persistence.models import TaskExecution, TaskExecutionEvent
 from persistence.reports import TaskReport
