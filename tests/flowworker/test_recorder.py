@@ -22,11 +22,10 @@ from flowworker.pending import PendingReport
 from flowworker.recorder import AllocationTimeout, Recorder
 from flowworker.steps import steps_of
 from persistence.database import transaction
-from persistence.hierarchy import create_flow_execution, ensure_organization
 from persistence.models import TaskExecution
 from persistence.reports import TaskReport, UpsertOutcome, UpsertResult
 from persistence.status import ExecutionStatus
-from tests.persistence.helpers import history_steps
+from tests.persistence.helpers import history_steps, make_flow_execution
 from tests.pg_cluster import free_port
 
 
@@ -61,9 +60,7 @@ def test_a_program_limit_is_about_the_data_not_the_server(pg_engine: Engine) -> 
 def test_a_refused_report_is_isolated_and_the_rest_of_its_batch_written(
     pg_engine: Engine, postgres_url: str, tmp_path: Path
 ) -> None:
-    with transaction(pg_engine) as connection:
-        organization_id = ensure_organization(connection, "isolation")
-        flow_execution_id = create_flow_execution(connection, organization_id)
+    organization_id, flow_execution_id = make_flow_execution(pg_engine, "isolation")
     recorder = Recorder(Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)))
     good = [TaskReport(flow_execution_id, "t", idx, ExecutionStatus.COMPLETED) for idx in range(3)]
     unknown = TaskReport(uuid.uuid4(), "t", 0, ExecutionStatus.COMPLETED)
@@ -103,9 +100,7 @@ def _journal_lines(spool: Path) -> list[str]:
 def test_a_short_task_is_one_journal_line_and_one_row_write_with_every_step(
     pg_engine: Engine, postgres_url: str, tmp_path: Path
 ) -> None:
-    with transaction(pg_engine) as connection:
-        organization_id = ensure_organization(connection, "folding")
-        flow_execution_id = create_flow_execution(connection, organization_id)
+    organization_id, flow_execution_id = make_flow_execution(pg_engine, "folding")
     notifier = CollectingNotifier()
     recorder = Recorder(
         Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)),
@@ -152,9 +147,7 @@ def test_a_short_task_is_one_journal_line_and_one_row_write_with_every_step(
 def test_a_memory_only_report_alone_is_written_and_flush_waits_for_it(
     pg_engine: Engine, postgres_url: str, tmp_path: Path
 ) -> None:
-    with transaction(pg_engine) as connection:
-        organization_id = ensure_organization(connection, "memory-only")
-        flow_execution_id = create_flow_execution(connection, organization_id)
+    organization_id, flow_execution_id = make_flow_execution(pg_engine, "memory-only")
     recorder = Recorder(
         Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)),
         batch_delay=0.3,
@@ -213,9 +206,7 @@ def test_steps_of_an_update_leave_earlier_steps_to_whoever_wrote_them() -> None:
 def test_the_writer_thread_runs_at_a_lower_cpu_priority(
     pg_engine: Engine, postgres_url: str, tmp_path: Path, increment: int
 ) -> None:
-    with transaction(pg_engine) as connection:
-        organization_id = ensure_organization(connection, "nice")
-        flow_execution_id = create_flow_execution(connection, organization_id)
+    organization_id, flow_execution_id = make_flow_execution(pg_engine, "nice")
     recorder = Recorder(
         Settings.load(
             {}, {}, database_url=postgres_url, spool_dir=str(tmp_path), writer_nice=increment
@@ -237,9 +228,7 @@ def test_the_worker_waits_its_turn_behind_an_allocation_stuck_on_a_database_now_
     """A publish gives up at once while an earlier allocation is stuck (a frozen database
     must not hold the publishing task); the worker resolving a task that runs now queues
     behind it, bounded the same way, so a database that came back records the task."""
-    with transaction(pg_engine) as connection:
-        organization_id = ensure_organization(connection, "stuck-allocation")
-        flow_execution_id = create_flow_execution(connection, organization_id)
+    organization_id, flow_execution_id = make_flow_execution(pg_engine, "stuck-allocation")
     recorder = Recorder(
         Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)),
         allocate_timeout=1.0,
