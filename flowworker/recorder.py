@@ -173,6 +173,8 @@ class Recorder:
                 except (JournalFull, OSError) as exc:
                     self.stats.lost += 1
                     self._note_error("report lost: the journal cannot take it", exc)
+                    if earlier is not None:  # it is still queued: let it be written
+                        self._unwritten[item.key] = earlier
                     return
             self.stats.recorded += 1
             if len(self._queue) < _MEMORY_QUEUE_MAX:

@@ -278,3 +278,24 @@ def test_a_lookup_for_a_running_task_is_bounded_when_the_database_does_not_answe
         locker.rollback()
     assert recorder.run_on_database(lookup, queue_behind_stuck=True) == "answered"
     recorder.close()
+
+
+def test_a_report_the_journal_refuses_leaves_the_one_it_would_have_absorbed(
+    pg_engine: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    organization_id, flow_execution_id = make_flow_execution(pg_engine, "journal-full")
+    recorder = Recorder(
+        Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)),
+        batch_delay=0.5,
+    )
+    running = TaskReport(flow_execution_id, "t", 0, ExecutionStatus.RUNNING)
+    recorder.record(PendingReport(running, organization_id), durable=False)
+    recorder._journal.max_bytes = 0  # the disk quota is reached
+    finished = TaskReport(flow_execution_id, "t", 0, ExecutionStatus.COMPLETED)
+    recorder.record(PendingReport(finished, organization_id))
+    assert recorder.stats.lost == 1
+    assert recorder.flush(30)
+    with transaction(pg_engine) as connection:
+        status = connection.execute(select(TaskExecution.status)).scalar_one()
+    assert status == "running", "the finished report is lost, the running one is not"
+    recorder.close()
