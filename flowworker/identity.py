@@ -51,7 +51,7 @@ def assign_at_publish(plugin: Plugin, headers: dict[str, Any]) -> ExecutionIdent
 
 
 def _new_identity(
-    plugin: Plugin, headers: dict[str, Any], retries: int, in_worker: bool = False
+    plugin: Plugin, headers: dict[str, Any], retries: int, queue_behind_stuck: bool = False
 ) -> ExecutionIdentity:
     task_id = str(headers["id"])
     task_name = str(headers["task"])
@@ -83,7 +83,7 @@ def _new_identity(
         organization_id,
         ad_hoc=ad_hoc_flow_execution(draft, headers.get("root_id")),
         at_least=1 if opener == task_name else 0,
-        queue_behind_stuck=in_worker,
+        queue_behind_stuck=queue_behind_stuck,
     )
     return dataclasses.replace(draft, task_execution_idx=idx)
 
@@ -153,7 +153,7 @@ def identity_of(plugin: Plugin, request: Any, celery_task_name: str) -> Executio
             "root_id": getattr(request, "root_id", None),
             "group": getattr(request, "group", None),
         }
-        resolved = _new_identity(plugin, headers, retries, in_worker=True)
+        resolved = _new_identity(plugin, headers, retries, queue_behind_stuck=True)
     with contextlib.suppress(AttributeError):  # a read-only request object
         request._flowworker_identity = resolved
     return resolved

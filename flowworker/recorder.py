@@ -58,7 +58,8 @@ _RETRY_DELAY = 1.0
 
 
 class AllocationTimeout(FlowworkerError):
-    """The database did not hand out a task_execution_idx in time."""
+    """The database did not answer a signal handler's call (an idx allocation, the
+    lookup of a record's key) in time."""
 
 
 class Notifier(Protocol):
@@ -231,7 +232,7 @@ class Recorder:
             and started is not None
             and time.monotonic() - started > self.allocate_timeout
         ):
-            raise AllocationTimeout("an earlier idx allocation still waits on the database")
+            raise AllocationTimeout("an earlier call still waits on the database")
         future = self._allocator.submit(self._timed, work)
         try:
             return future.result(timeout=self.allocate_timeout)
