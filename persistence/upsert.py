@@ -39,7 +39,7 @@ from persistence.errors import TaskNotInFlow, UnknownFlowExecution
 from persistence.records import TaskExecutionRecord
 from persistence.reports import TaskReport, UpsertOutcome, UpsertResult, utcnow
 from persistence.status import ExecutionStatus
-from persistence.upsert_function import call_upsert_function, can_call_upsert_function
+from persistence.upsert_function import call_upsert_function, upsert_function_session
 from persistence.upsert_statement import (
     CHUNK_ROWS,
     FULL_STATUS_POSITION,
@@ -102,11 +102,10 @@ def record_of(row: Any) -> TaskExecutionRecord:
 def _upsert_one(
     connection: Connection, report: TaskReport, organization_id: uuid.UUID | None, full: bool
 ) -> tuple[UpsertResult, Any]:
-    if can_call_upsert_function(connection, full):
+    session = upsert_function_session(connection, full)
+    if session is not None:
         written_at = utcnow()
-        row, flow_known = call_upsert_function(
-            connection, report, written_at, organization_id, full
-        )
+        row, flow_known = call_upsert_function(session, report, written_at, organization_id, full)
         return result_of_function(report, written_at, row, flow_known), row
     if organization_id is not None:
         set_organization(connection, organization_id)

@@ -3,8 +3,9 @@
 A single report written in its own transaction costs four round trips (BEGIN, the
 organization setting of row-level security, the upsert, COMMIT) and a refused or repeated
 one a fifth (the current status). Here the same statement runs inside a PL/pgSQL function,
-created once per connection in `pg_temp` (so it lives and dies with the session, needs no
-migration, and is always the SQL that `persistence.upsert_statement` builds today):
+created once per connection in `pg_temp` with the type of its answer (so both live and die
+with the session, need no migration, and the upsert is always the SQL that
+`persistence.upsert_statement` builds today):
 
     SELECT * FROM pg_temp.flowworker_report(<organization>, <the report's values>)
 
@@ -15,6 +16,14 @@ upsert, which joins only a flow execution of that organization whatever the role
 when it wrote nothing returns the record as it stands, or, with no record at all, whether
 the flow execution exists (in that organization). The function runs with its caller's
 rights: a role subject to row-level security stays so.
+
+A call costs mostly fixed work per statement, in the client and in PostgreSQL
+(bench/README.md, `## upsert`), so the function does little besides the upsert: the lean
+variant answers only what `UpsertResult` needs (not the key, which is the caller's own);
+the answer is a composite type, not OUT parameters (whose row type PostgreSQL would build
+anew from the catalog twice per call); the organization is set by a PL/pgSQL assignment
+(no query of its own); and the legal moves are one variable, not ten literal arrays that
+PostgreSQL would hash anew in every statement.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import datetime as dt
 import functools
 import json
 import uuid
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +48,6 @@ from persistence.upsert_statement import (
     RETURNED_FULL,
     SINGLE_REPORT_PARAMETERS,
     ReturnedFullRow,
-    ReturnedRow,
     single_report_statement,
     single_report_values,
 )
@@ -48,54 +57,65 @@ _NAMES = {False: "pg_temp.flowworker_report", True: "pg_temp.flowworker_report_f
 # invalidates the DBAPI connection, when the session's functions are gone too)
 _SESSION = "flowworker_upsert_function"
 
+# The variable that holds the legal moves: a parameter of the upsert's plan, which PostgreSQL
+# compares in place, where each literal array of the guard (one per SET expression) would be
+# built into a hash table in every statement.
+_LEGAL_MOVES = "legal_moves"
 
-def can_call_upsert_function(connection: Connection, full: bool) -> bool:
-    """Whether `connection` takes the one-round-trip path: PostgreSQL through psycopg, and
-    either outside a transaction (autocommit, where creating the function cannot be rolled
-    back behind our back) or with the function created already."""
-    dialect = connection.dialect
-    if dialect.name != "postgresql" or dialect.driver != "psycopg":
-        return False
-    session = connection.info.get(_SESSION)
-    if session is not None and full in session.created:
-        return True
-    return bool(getattr(connection.connection.driver_connection, "autocommit", False))
+# What each variant answers: the lean one what `UpsertResult` needs, `full` every column.
+ANSWERED = {False: tuple(c for c in RETURNED if c.name not in KEY_COLUMNS), True: RETURNED_FULL}
+AnsweredRow = namedtuple("AnsweredRow", [c.name for c in ANSWERED[False]])  # type: ignore[misc]
 
 
 @dataclass(slots=True)
-class _Session:
-    """What one database session keeps for the function: which variants it has created, and
-    a cursor to call them with (a new psycopg cursor per call costs about 10 us of CPU)."""
+class UpsertFunctionSession:
+    """What one database session keeps for the function: a cursor to call it with (a new
+    psycopg cursor per call costs about 10 us of CPU), the engine's JSON encoder, and the
+    call of each variant it has created."""
 
     cursor: Any
-    created: set[bool] = field(default_factory=set)
+    serialize: Callable[[Any], str]
+    calls: dict[bool, str] = field(default_factory=dict)
+
+
+def upsert_function_session(connection: Connection, full: bool) -> UpsertFunctionSession | None:
+    """The session function of `connection`, created first if the connection lacks it; None
+    where the one-round-trip path is not taken: other than PostgreSQL through psycopg, or in
+    a transaction before the function exists (one created in a transaction that rolls back
+    would be gone while the connection still counted on it)."""
+    session: UpsertFunctionSession | None = connection.info.get(_SESSION)
+    if session is not None and full in session.calls:
+        return session
+    dialect = connection.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return None
+    driver_connection = connection.connection.driver_connection
+    if not getattr(driver_connection, "autocommit", False):
+        return None
+    assert driver_connection is not None, "the connection is closed"
+    if session is None:
+        serialize = getattr(dialect, "_json_serializer", None) or json.dumps
+        session = UpsertFunctionSession(driver_connection.cursor(), serialize)
+        connection.info[_SESSION] = session
+    session.cursor.execute(upsert_function_ddl(dialect, full))
+    session.calls[full] = upsert_function_call(dialect, full)
+    return session
 
 
 def call_upsert_function(
-    connection: Connection,
+    session: UpsertFunctionSession,
     report: TaskReport,
     written_at: dt.datetime,
     organization_id: uuid.UUID | None,
     full: bool,
 ) -> tuple[Any | None, bool]:
-    """Apply `report` through the session function: the record's row (`RETURNED` or, if
-    `full`, every column) or None when there is none, and whether the flow execution exists
-    (in `organization_id`, if given). Creates the function first if this connection lacks
-    it (see `can_call_upsert_function`)."""
-    dialect = connection.dialect
-    session: _Session | None = connection.info.get(_SESSION)
-    if session is None:
-        driver_connection = connection.connection.driver_connection
-        assert driver_connection is not None, "the connection is closed"
-        session = connection.info[_SESSION] = _Session(driver_connection.cursor())
+    """Apply `report` through the session function: the record's row (`ANSWERED[full]`) or
+    None when there is none, and whether the flow execution exists (in `organization_id`,
+    if given)."""
     cursor = session.cursor
-    if full not in session.created:
-        cursor.execute(upsert_function_ddl(dialect, full))
-        session.created.add(full)
-    serialize: Callable[[Any], str] = getattr(dialect, "_json_serializer", None) or json.dumps
     cursor.execute(
-        upsert_function_call(dialect, full),
-        upsert_function_arguments(report, written_at, organization_id, serialize),
+        session.calls[full],
+        upsert_function_arguments(report, written_at, organization_id, session.serialize),
     )
     return upsert_function_row(cursor.fetchone(), full)
 
@@ -112,12 +132,12 @@ def upsert_function_arguments(
 
 
 def upsert_function_row(row: Sequence[Any] | None, full: bool) -> tuple[Any | None, bool]:
-    """The function's answer: the record's row, or None and whether the flow execution
-    exists."""
+    """The function's answer: the record's row (`ANSWERED[full]`), or None and whether the
+    flow execution exists."""
     assert row is not None, "the function returns one row"
     if row[0] is None:
         return None, bool(row[-1])
-    return (ReturnedFullRow if full else ReturnedRow)(*row[:-1]), True
+    return (ReturnedFullRow if full else AnsweredRow)(*row[:-1]), True
 
 
 def _parameter_types(dialect: Dialect) -> list[str]:
@@ -132,72 +152,103 @@ def _parameter_types(dialect: Dialect) -> list[str]:
 @functools.cache
 def upsert_function_call(dialect: Dialect, full: bool) -> str:
     """The SQL that calls the function (it must exist on the connection: see
-    `upsert_function_ddl`)."""
+    `upsert_function_ddl`): its answer's columns, `ANSWERED[full]` and `flow_known`."""
     arguments = ", ".join(f"%s::{type_}" for type_ in _parameter_types(dialect))
     return f"SELECT * FROM {_NAMES[full]}({arguments})"
 
 
 @functools.cache
 def upsert_function_ddl(dialect: Dialect, full: bool) -> str:
-    """The SQL that creates (or replaces) the function in the session's `pg_temp`."""
-    columns = RETURNED_FULL if full else RETURNED
-    declared = ", ".join(f"OUT {c.name} {c.type.compile(dialect)}" for c in columns)
-    names = ", ".join(c.name for c in columns)
-    selected = ", ".join(f"t.{c.name}" for c in columns)
+    """The SQL that (re)creates the function in the session's `pg_temp`, with the composite
+    type it answers with."""
+    statement = single_report_statement(full)
+    answered = ANSWERED[full]
+    answer_type = f"{_NAMES[full]}_answer"
+    fields = ", ".join(f"{c.name} {c.type.compile(dialect)}" for c in answered)
+    # what the upsert returns but the function does not answer (the key, in the lean
+    # variant) goes into local variables
+    answered_names = {c.name for c in answered}
+    returned = RETURNED_FULL if full else RETURNED
+    local = "".join(
+        f"\n    {c.name} {c.type.compile(dialect)};"
+        for c in returned
+        if c.name not in answered_names
+    )
+    into = ", ".join(f"answer.{c.name}" if c.name in answered_names else c.name for c in returned)
+    answer_fields = ", ".join(f"answer.{c.name}" for c in answered)
+    selected = ", ".join(f"t.{c.name}" for c in answered)
     # $1 is the organization; the report's values follow in SINGLE_REPORT_PARAMETERS order
     argument = {name: f"${n}" for n, name in enumerate(SINGLE_REPORT_PARAMETERS, start=2)}
     argument["organization_0"] = "$1"
+    body, legal_moves = _body_sql(statement, dialect, argument)
     key = " AND ".join(f"t.{name} = {argument[f'{name}_0']}" for name in KEY_COLUMNS)
     flow_execution = argument["flow_execution_id_0"]
     # whatever the role, a report lands only in the organization it was sent for: the
     # upsert joins only such a flow execution, and the reads below see only such rows
     in_organization = "($1 IS NULL OR {}.organization_id = $1::uuid)"
+    # A composite type rather than OUT parameters: PostgreSQL builds the row type of OUT
+    # parameters anew from the function's catalog row twice per call (decompressing its
+    # arrays, as the long body makes that row large); a type's comes from its cache.
     return f"""
-CREATE OR REPLACE FUNCTION {_NAMES[full]}({", ".join(_parameter_types(dialect))},
-    {declared}, OUT flow_known boolean)
+DROP TYPE IF EXISTS {answer_type} CASCADE;
+CREATE TYPE {answer_type} AS ({fields}, flow_known boolean);
+CREATE FUNCTION {_NAMES[full]}({", ".join(_parameter_types(dialect))})
+RETURNS {answer_type}
 LANGUAGE plpgsql AS $flowworker$
 #variable_conflict use_column
+DECLARE
+    answer {answer_type};{local}
+    {_LEGAL_MOVES} text[] := {legal_moves};
+    organization_setting text;
 BEGIN
     IF $1 IS NOT NULL THEN
-        PERFORM set_config('{ORGANIZATION_SETTING}', $1, true);
+        organization_setting := set_config('{ORGANIZATION_SETTING}', $1, true);
     END IF;
-    {_body_sql(single_report_statement(full), dialect, argument)}
-        INTO {names};
+    {body}
+        INTO {into};
     IF FOUND THEN
-        RETURN;
+        RETURN answer;
     END IF;
     -- refused, or a repeat: the record as it stands
-    SELECT {selected} INTO {names} FROM task_executions t
+    SELECT {selected} INTO {answer_fields} FROM task_executions t
     WHERE {key} AND {in_organization.format("t")};
     IF FOUND THEN
-        RETURN;
+        RETURN answer;
     END IF;
-    flow_known := EXISTS (
+    answer.flow_known := EXISTS (
         SELECT FROM flow_executions f
         WHERE f.id = {flow_execution} AND {in_organization.format("f")}
     );
+    RETURN answer;
 END
 $flowworker$
 """
 
 
-def _body_sql(statement: Any, dialect: Dialect, argument: dict[str, str]) -> str:
+def _body_sql(statement: Any, dialect: Dialect, argument: dict[str, str]) -> tuple[str, str]:
     """The compiled upsert with its parameters written in: the report's values become the
-    function's arguments, every other parameter (the legal moves, small integers) a
-    literal, since they are constants of the code."""
+    function's arguments, the legal moves the variable `_LEGAL_MOVES`, small integers
+    literals, since they are constants of the code. Also the legal moves as an array
+    literal, the variable's value."""
     compiled = statement.compile(dialect=dialect)
     sql: str = compiled.string
+    legal_moves = None
     for name, value in compiled.construct_params(dict.fromkeys(argument)).items():
         if name in argument:
             literal = argument[name]
         elif isinstance(value, int) and not isinstance(value, bool):
             literal = str(value)
         elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            if legal_moves is not None:
+                raise ValueError("the upsert has two lists of legal moves")
             quoted = ", ".join("'" + item.replace("'", "''") + "'" for item in value)
-            literal = f"ARRAY[{quoted}]::text[]"
+            legal_moves = f"ARRAY[{quoted}]::text[]"
+            literal = _LEGAL_MOVES
         else:
             raise TypeError(f"no literal form for the upsert's parameter {name}={value!r}")
         sql = sql.replace(f"%({name})s", literal)
     if "%(" in sql:
         raise ValueError("the upsert has a parameter the session function does not fill")
-    return sql.replace("%%", "%")
+    if legal_moves is None:
+        raise ValueError("the upsert has no list of legal moves")
+    return sql.replace("%%", "%"), legal_moves
