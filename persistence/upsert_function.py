@@ -22,8 +22,10 @@ A call costs mostly fixed work per statement, in the client and in PostgreSQL
 variant answers only what `UpsertResult` needs (not the key, which is the caller's own);
 the answer is a composite type, not OUT parameters (whose row type PostgreSQL would build
 anew from the catalog twice per call); the organization is set by a PL/pgSQL assignment
-(no query of its own); and the legal moves are one variable, not ten literal arrays that
-PostgreSQL would hash anew in every statement.
+(no query of its own); and the guard, in ten SET expressions, looks the record's status up
+in the short list of those the report's status may follow (a variable set once per call,
+from `persistence.status.TRANSITIONS`), where the batch's guard builds `current>requested`
+and looks for it among all legal moves.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from sqlalchemy.engine import Dialect
 
 from persistence.ddl import ORGANIZATION_SETTING
 from persistence.reports import TaskReport
+from persistence.status import TRANSITIONS
 from persistence.upsert_statement import (
     KEY_COLUMNS,
     RETURNED,
@@ -56,11 +59,6 @@ _NAMES = {False: "pg_temp.flowworker_report", True: "pg_temp.flowworker_report_f
 # connection.info key of a `_Session` (SQLAlchemy clears the dict when it closes or
 # invalidates the DBAPI connection, when the session's functions are gone too)
 _SESSION = "flowworker_upsert_function"
-
-# The variable that holds the legal moves: a parameter of the upsert's plan, which PostgreSQL
-# compares in place, where each literal array of the guard (one per SET expression) would be
-# built into a hash table in every statement.
-_LEGAL_MOVES = "legal_moves"
 
 # What each variant answers: the lean one what `UpsertResult` needs, `full` every column.
 ANSWERED = {False: tuple(c for c in RETURNED if c.name not in KEY_COLUMNS), True: RETURNED_FULL}
@@ -180,7 +178,10 @@ def upsert_function_ddl(dialect: Dialect, full: bool) -> str:
     # $1 is the organization; the report's values follow in SINGLE_REPORT_PARAMETERS order
     argument = {name: f"${n}" for n, name in enumerate(SINGLE_REPORT_PARAMETERS, start=2)}
     argument["organization_0"] = "$1"
-    body, legal_moves = _body_sql(statement, dialect, argument)
+    # the guard's list (`single_report_statement`): a variable, a parameter of the upsert's
+    # plan (a literal array would be built into a hash table in every statement)
+    argument["legal_from"] = "legal_from"
+    body = _body_sql(statement, dialect, argument)
     key = " AND ".join(f"t.{name} = {argument[f'{name}_0']}" for name in KEY_COLUMNS)
     flow_execution = argument["flow_execution_id_0"]
     # whatever the role, a report lands only in the organization it was sent for: the
@@ -198,7 +199,7 @@ LANGUAGE plpgsql AS $flowworker$
 #variable_conflict use_column
 DECLARE
     answer {answer_type};{local}
-    {_LEGAL_MOVES} text[] := {legal_moves};
+    legal_from text[] := {_legal_from(argument["status_0"])};
     organization_setting text;
 BEGIN
     IF $1 IS NOT NULL THEN
@@ -225,30 +226,33 @@ $flowworker$
 """
 
 
-def _body_sql(statement: Any, dialect: Dialect, argument: dict[str, str]) -> tuple[str, str]:
-    """The compiled upsert with its parameters written in: the report's values become the
-    function's arguments, the legal moves the variable `_LEGAL_MOVES`, small integers
-    literals, since they are constants of the code. Also the legal moves as an array
-    literal, the variable's value."""
+def _legal_from(status: str) -> str:
+    """SQL of the statuses that a report of status `status` (SQL) may follow."""
+    sources: dict[str, list[str]] = {}
+    for current, targets in TRANSITIONS.items():
+        for target in targets:
+            sources.setdefault(target.value, []).append(f"'{current.value}'")
+    whens = " ".join(
+        f"WHEN '{target}' THEN ARRAY[{', '.join(sorted(currents))}]"
+        for target, currents in sorted(sources.items())
+    )
+    return f"CASE {status} {whens} ELSE ARRAY[]::text[] END"
+
+
+def _body_sql(statement: Any, dialect: Dialect, argument: dict[str, str]) -> str:
+    """The compiled upsert with its parameters written in: `argument` gives the SQL of each
+    (the function's arguments and variables), every other one (small integers) becomes a
+    literal, since it is a constant of the code."""
     compiled = statement.compile(dialect=dialect)
     sql: str = compiled.string
-    legal_moves = None
     for name, value in compiled.construct_params(dict.fromkeys(argument)).items():
         if name in argument:
             literal = argument[name]
         elif isinstance(value, int) and not isinstance(value, bool):
             literal = str(value)
-        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-            if legal_moves is not None:
-                raise ValueError("the upsert has two lists of legal moves")
-            quoted = ", ".join("'" + item.replace("'", "''") + "'" for item in value)
-            legal_moves = f"ARRAY[{quoted}]::text[]"
-            literal = _LEGAL_MOVES
         else:
             raise TypeError(f"no literal form for the upsert's parameter {name}={value!r}")
         sql = sql.replace(f"%({name})s", literal)
     if "%(" in sql:
         raise ValueError("the upsert has a parameter the session function does not fill")
-    if legal_moves is None:
-        raise ValueError("the upsert has no list of legal moves")
-    return sql.replace("%%", "%"), legal_moves
+    return sql.replace("%%", "%")

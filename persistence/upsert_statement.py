@@ -293,7 +293,15 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
         proposed,
     )
     new, current = statement.excluded, task_executions_table.c
-    moves = transition_guard(current.status, new.status, dialect)
+    if dialect == "postgresql" and size == 1:
+        # One report: its status is known before the statement, so the guard asks whether
+        # the record's status is one that status may follow (`legal_from`, which the session
+        # function fills in): in every SET expression, a look in a list of one to six
+        # statuses instead of building `current>requested` and finding it among all moves.
+        legal_from = bindparam("legal_from", type_=NullType())
+        moves = current.status == func.any(legal_from)
+    else:
+        moves = transition_guard(current.status, new.status, dialect)
 
     def on_move(moved: Any, otherwise: Any) -> Any:
         return case((moves, moved), else_=otherwise)
@@ -356,9 +364,9 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
 
 def single_report_statement(full: bool) -> Any:
     """PostgreSQL: the upsert of one report given as typed parameters named `<column>_0`,
-    in the order of `single_report_values`, and `organization_0` (or NULL): the body of the
-    single-report session function (`persistence.upsert_function`), which is one round trip
-    per report."""
+    in the order of `single_report_values`, `organization_0` (or NULL), and `legal_from`,
+    the statuses the report's status may follow: the body of the single-report session
+    function (`persistence.upsert_function`), which is one round trip per report."""
     return _upsert_statement("postgresql", 1, full)
 
 
