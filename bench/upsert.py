@@ -18,9 +18,10 @@ so that whatever else the machine does hits both sides alike:
 * batch: `upsert_task_executions` with --batch reports per call and transaction, vs
   psycopg's `executemany` of the same hand-written statement in one transaction.
 
-Each round also measures CPU per report: this process plus every PostgreSQL backend of
-the bench database (/proc; Linux, local server). On a shared machine the rates follow the
-other load; the CPU ratio (hand-written CPU / store CPU) much less.
+Each round also measures CPU per report: this process ("client") plus every PostgreSQL
+backend of the bench database (/proc; Linux, local server), printed in total and apart.
+On a shared machine the rates follow the other load; the CPU ratio (hand-written CPU /
+store CPU) much less.
 
 Both sides write the same reports (queued, running, completed for each key, on fresh keys
 every round) into the same table, with its history trigger; the hand-written statement gets
@@ -304,17 +305,20 @@ def run(url: str, args: argparse.Namespace) -> None:
             f"(rounds: store {spread([r.rate for r in store])}, "
             f"hand-written {spread([r.rate for r in hand])}); "
             f"CPU per report (client + PostgreSQL) {store_cpu:.0f} vs {hand_cpu:.0f} us: "
-            f"ratio {hand_cpu / store_cpu:.2f}"
+            f"ratio {hand_cpu / store_cpu:.2f} (client {split(store, 'client_us')} vs "
+            f"{split(hand, 'client_us')}, PostgreSQL {split(store, 'server_us')} vs "
+            f"{split(hand, 'server_us')})"
         )
 
 
 class Round:
-    """One side's round: reports per second, and CPU per report in microseconds (this
-    process plus every PostgreSQL backend of the bench database, from /proc): the rate
+    """One side's round: reports per second, and CPU per report in microseconds, of this
+    process and of every PostgreSQL backend of the bench database (from /proc): the rate
     follows whatever else the machine runs, the CPU much less."""
 
-    def __init__(self, rate: float, cpu_us: float) -> None:
-        self.rate, self.cpu_us = rate, cpu_us
+    def __init__(self, rate: float, client_us: float, server_us: float) -> None:
+        self.rate, self.client_us, self.server_us = rate, client_us, server_us
+        self.cpu_us = client_us + server_us
 
 
 def backend_cpu(probe: psycopg.Connection[Any]) -> float:
@@ -334,17 +338,21 @@ def compare(
         if round_number % 2:
             order.reverse()
         for function, results in order:
-            cpu = time.process_time() + backend_cpu(probe)
+            client, server = time.process_time(), backend_cpu(probe)
             began = time.perf_counter()
             count = function()
             elapsed = time.perf_counter() - began
-            cpu = time.process_time() + backend_cpu(probe) - cpu
-            results.append(Round(count / elapsed, 1e6 * cpu / count))
+            client, server = time.process_time() - client, backend_cpu(probe) - server
+            results.append(Round(count / elapsed, 1e6 * client / count, 1e6 * server / count))
     return store_rounds, hand_rounds
 
 
 def median(values: Iterable[float]) -> float:
     return statistics.median(values)
+
+
+def split(rounds: list[Round], part: str) -> str:
+    return f"{median(getattr(r, part) for r in rounds):.0f}"
 
 
 def spread(values: list[float]) -> str:
