@@ -56,8 +56,8 @@ from persistence.upsert_statement import (
 )
 
 _NAMES = {False: "pg_temp.flowworker_report", True: "pg_temp.flowworker_report_full"}
-# connection.info key of a `_Session` (SQLAlchemy clears the dict when it closes or
-# invalidates the DBAPI connection, when the session's functions are gone too)
+# connection.info key of an `UpsertFunctionSession` (SQLAlchemy clears the dict when it
+# closes or invalidates the DBAPI connection, when the session's functions are gone too)
 _SESSION = "flowworker_upsert_function"
 
 # What each variant answers: the lean one what `UpsertResult` needs, `full` every column.
