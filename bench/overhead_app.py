@@ -1,6 +1,7 @@
 """The Celery app `bench/worker_overhead.py` runs, in one of three modes (BENCH_MODE):
 
 bare        plain Celery
+floor       plain Celery (the bench runs `database_floor.py` beside it)
 flowworker  Celery with flowworker.install(app)
 sqlalchemy  Celery's own SQLAlchemy result backend on PostgreSQL (result_extended,
             task_track_started): the usual way to keep task history in SQL

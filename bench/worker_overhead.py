@@ -8,6 +8,11 @@ Prints tasks/s per mode (median of rounds) and the ratios to bare Celery, then t
 each task cost per process kind (publisher, worker main process, pool processes, the
 PostgreSQL backends of the bench database, redis-server), from /proc: on a shared machine
 throughput follows the other load, CPU per task much less.
+
+BENCH_MODES picks the modes (default "bare flowworker sqlalchemy"). "flowworker:NAME=VALUE,..."
+is flowworker with those settings (FLOWWORKER_NAME=VALUE), e.g. "flowworker:writer=thread"
+(every process writes its own reports, as before the writer process) beside "flowworker";
+"floor" is bare Celery beside `database_floor.py`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "postgresql://root@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MODES = tuple(os.environ.get("BENCH_MODES", "bare flowworker sqlalchemy").split())
-CPU_PARTS = ("publisher", "worker main", "pool", "postgresql", "redis")
+FLOOR_SCRIPT = str(ROOT / "bench" / "database_floor.py")
+CPU_PARTS = ("publisher", "worker main", "pool", "postgresql", "redis", "floor writer")
 
 
 def main() -> None:
@@ -55,9 +61,7 @@ def main() -> None:
         )
         for round_number in range(options.rounds):
             for mode in MODES:
-                rate, cpu_ms = run_round(
-                    mode, options.tasks, options.concurrency, database, database_url
-                )
+                rate, cpu_ms = run_round(mode, options.tasks, options.concurrency, database_url)
                 rates[mode].append(rate)
                 cpu[mode].append(cpu_ms)
                 print(f"round {round_number + 1} {mode:<11} {rate:8.0f} tasks/s", flush=True)
@@ -94,22 +98,57 @@ def main() -> None:
         )
 
 
+def settings_of(mode: str) -> dict[str, str]:
+    """The FLOWWORKER_* variables a "flowworker:name=value,..." mode sets."""
+    _, _, spec = mode.partition(":")
+    pairs = (item.partition("=") for item in spec.split(",") if item)
+    return {f"FLOWWORKER_{name.strip().upper()}": value.strip() for name, _, value in pairs}
+
+
+def wait_until_recorded(database_url: str, worker: str, tasks: int) -> float:
+    """Seconds until `worker`'s `tasks` records are all in the database, completed: the
+    recording must keep up, not only the tasks. CPU is read after that."""
+    started = time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        while True:
+            row = connection.execute(
+                "SELECT count(*) FROM task_executions WHERE worker = %s AND status = 'completed'",
+                (worker,),
+            ).fetchone()
+            if row is not None and row[0] >= tasks:
+                return time.monotonic() - started
+            if time.monotonic() - started > 300:
+                raise TimeoutError(f"only {row} of {tasks} records after 300 s")
+            time.sleep(0.05)
+
+
+def wait_for_cpu(process: subprocess.Popen[bytes]) -> float:
+    """Wait for `process` to exit; the CPU seconds it used."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{process.args} exited with {process.returncode}")
+    return usage.ru_utime + usage.ru_stime
+
+
 def redis_pid(client: redis.Redis) -> int:
     return int(client.info("server")["process_id"])
 
 
 def run_round(
-    mode: str, tasks: int, concurrency: int, database: str, database_url: str
+    mode: str, tasks: int, concurrency: int, database_url: str
 ) -> tuple[float, dict[str, float]]:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     counter = f"bench:done:{queue}"
+    database = database_url.rpartition("/")[2]
     env = {
         **os.environ,
-        "BENCH_MODE": mode,
+        "BENCH_MODE": mode.partition(":")[0],
         "BENCH_QUEUE": queue,
         "BENCH_COUNTER": counter,
         "BENCH_DATABASE_URL": database_url.replace("postgresql://", "postgresql+psycopg://"),
         "FLOWWORKER_SPOOL_DIR": f"/tmp/flowworker-bench-spool-{queue}",
+        **settings_of(mode),
         "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
     }
     log = Path(tempfile.gettempdir()) / f"{queue}.log"
@@ -150,6 +189,13 @@ def run_round(
                 "pool": cpu_seconds(pool),
                 "redis": cpu_seconds([redis_pid(client)]),
             }
+            floor = None
+            if mode == "floor":  # bare Celery, and the database work of recording alone
+                floor = subprocess.Popen(
+                    [sys.executable, FLOOR_SCRIPT, database_url, REDIS_URL, counter, str(tasks)],
+                    cwd=ROOT,
+                    env=env,
+                )
             publisher = subprocess.Popen(
                 [sys.executable, "-c", PUBLISH, str(tasks)],
                 cwd=ROOT,
@@ -168,7 +214,14 @@ def run_round(
                     raise TimeoutError(f"{mode}: only {client.get(counter)} of {tasks} tasks done")
                 time.sleep(0.01)
             finished = time.time()
-            time.sleep(0.5)  # the recorders' last batch
+            floor_cpu = 0.0
+            if floor is not None:
+                floor_cpu = wait_for_cpu(floor)
+            if mode.startswith("flowworker"):
+                lag = wait_until_recorded(database_url, f"{queue}@127.0.0.1", tasks)
+                print(f"    every record written {lag:.2f} s after the last task", flush=True)
+            else:
+                time.sleep(0.5)
             after = {
                 "worker main": cpu_seconds([worker.pid]),
                 "pool": cpu_seconds(children_of(worker.pid)),
@@ -178,6 +231,7 @@ def run_round(
         # every backend of the database, the publisher's (gone by now) included
         cpu_ms["postgresql"] = 1000 * sampler.cpu_seconds() / tasks
         cpu_ms["publisher"] = 1000 * publisher_cpu / tasks
+        cpu_ms["floor writer"] = 1000 * floor_cpu / tasks
     finally:
         worker.terminate()
         worker.wait(60)
