@@ -6,8 +6,13 @@ redis_url (none: notifications off), organization (``default``), json_max_bytes 
 spool_dir (``~/.cache/flowworker/spool``), redact_keys (comma-separated; password, token,
 secret, ...), flower_url (none), channel_prefix (``flowworker``), journal_fsync (false:
 the journal survives a killed process; true: also a machine crash, at a disk flush per
-report), writer_nice (5: how much lower than the tasks' the CPU priority of the recorder's
-writer thread is, 0 to 19; 0 leaves it alone).
+report), writer (``process``: a worker starts a writer process beside its pool and its task
+processes only append to their journals; ``thread``: every process writes its own reports
+from a thread), writer_nice (19: how much lower than the tasks' the CPU priority of the
+writer process is, 0 to 19; a writer thread takes at most 5 of it, see `THREAD_NICE_MAX`; 0
+leaves both alone), queued_write_delay (5 seconds: how long a `queued` report waits before
+it is written, and then only if no worker has recorded the execution by then; 0 writes it
+with the next batch).
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ from typing import Any
 from persistence.database import DEFAULT_DATABASE_URL
 from persistence.errors import ConfigurationError
 from persistence.jsonvalue import DEFAULT_MAX_BYTES
+
+#: A writer *thread* is never niced more than this: a thread that holds Python's GIL while
+#: the scheduler passes it over would hold back every other thread of its process (the
+#: tasks'); a writer process has no such neighbours and takes `writer_nice` whole.
+THREAD_NICE_MAX = 5
 
 DEFAULT_REDACT_KEYS = (
     "password",
@@ -48,8 +58,14 @@ class Settings:
     channel_prefix: str = "flowworker"
     #: fsync the journal after every report: survives a machine crash, costs a disk flush
     journal_fsync: bool = False
-    #: the writer thread's nice increment: its work waits while tasks need the CPU
-    writer_nice: int = 5
+    #: the writer's nice increment: its work waits while the tasks need the CPU
+    writer_nice: int = 19
+    #: seconds a `queued` report waits in memory; written only if no worker recorded the
+    #: execution meanwhile (a task that starts at once costs no row write at publish)
+    queued_write_delay: float = 5.0
+    #: who writes a worker's reports: "process" (a writer process beside the pool; the
+    #: task processes only append to their journals) or "thread" (each process its own)
+    writer: str = "process"
 
     @classmethod
     def load(
@@ -94,6 +110,21 @@ def _convert(name: str, raw: Any) -> Any:
         if not 0 <= value <= 19:
             raise ConfigurationError(f"{name} must be a whole number from 0 to 19, not {raw!r}")
         return value
+    if name == "queued_write_delay":
+        try:
+            seconds = float(raw)
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            raise ConfigurationError(
+                f"{name} must be a number of seconds from 0 to 3600, not {raw!r}"
+            )
+        return seconds
+    if name == "writer":
+        text = str(raw).strip().lower()
+        if text not in ("process", "thread"):
+            raise ConfigurationError(f"{name} must be process or thread, not {raw!r}")
+        return text
     if name == "journal_fsync":
         if isinstance(raw, bool):
             return raw

@@ -3,8 +3,9 @@
 `celery inspect flowworker_stats` (or `flowworker status`) asks every worker. The command
 runs in the worker's main process, but with the prefork pool the records are written by the
 pool children, each with its own recorder and notifier. Children cannot be asked directly,
-so each child writes its counters to a small file beside the journals every few seconds
-(`<spool_dir>/stats/<host>.<pid>.json`) and the main process reads its children's files:
+so each child (and the worker's writer process, `flowworker.journal_writer`, which does the
+writing when it runs) writes its counters to a small file beside the journals every few
+seconds (`<spool_dir>/stats/<host>.<pid>.json`) and the main process reads those files:
 the figures of a child are at most `STATS_INTERVAL` seconds old (`age_s` says how old), and
 a child that has not written yet is listed under `missing`. Reports not yet in the database
 are counted from the journal files themselves (`flowworker.journal`; a live process's file
@@ -28,7 +29,9 @@ from celery import signals as celery_signals
 from celery.worker.control import inspect_command
 
 from flowworker.journal import SUFFIX as JOURNAL_SUFFIX
+from flowworker.journal import read_committed, stats_path
 from flowworker.plugin import Plugin, active_plugin
+from flowworker.writer_process import writer_process_pid
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +79,6 @@ def process_stats(plugin: Plugin) -> dict[str, Any]:
     return stats
 
 
-def _stats_path(spool_dir: Path, pid: int) -> Path:
-    return spool_dir / "stats" / f"{socket.gethostname()}.{pid}.json"
-
-
 def _start_stats_writer(**_: Any) -> None:
     """In a pool child: keep this child's counters on disk for the main process to read."""
     plugin = active_plugin()
@@ -92,7 +91,7 @@ def _start_stats_writer(**_: Any) -> None:
 
 
 def _write_stats_forever(plugin: Plugin) -> None:
-    path = _stats_path(plugin.settings.spool_dir, os.getpid())
+    path = stats_path(plugin.settings.spool_dir, os.getpid())
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +115,7 @@ def count_journaled(spool_dir: Path, pids: set[int] | None = None) -> int:
         if pids is not None and not _journal_of(path.name, host, pids):
             continue
         with contextlib.suppress(OSError), path.open("rb") as handle:
+            handle.seek(read_committed(path))  # a tailed journal keeps what is written
             total += sum(1 for _ in handle)
     return total
 
@@ -143,14 +143,18 @@ def flowworker_stats(state: Any, **_: Any) -> dict[str, Any]:
     processes = [{"role": "main", **process_stats(plugin), "age_s": 0.0}]
     missing: list[int] = []
     child_pids = _pool_pids(state)
-    for pid in child_pids:
+    writer_pid = writer_process_pid()
+    roles = [("child", pid) for pid in child_pids]
+    if writer_pid is not None:
+        roles.append(("writer", writer_pid))
+    for role, pid in roles:
         try:
-            document = json.loads(_stats_path(plugin.settings.spool_dir, pid).read_text())
+            document = json.loads(stats_path(plugin.settings.spool_dir, pid).read_text())
         except (OSError, ValueError):
             missing.append(pid)
             continue
         age = round(now - float(document.pop("written_at", now)), 1)
-        processes.append({"role": "child", **document, "age_s": age})
+        processes.append({"role": role, **document, "age_s": age})
     for process in processes:
         process["journal_lines"] = count_journaled(plugin.settings.spool_dir, {process["pid"]})
     totals = {

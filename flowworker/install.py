@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 from celery import signals as celery_signals
 
-from flowworker import signals
+from flowworker import signals, writer_process
 from flowworker.config import Settings
 from flowworker.control import register_operations
 from flowworker.plugin import Plugin, activate, active_plugin
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from flowworker.plugin import Plugin
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,14 @@ def _connect_signals() -> None:
         celery_signals.worker_shutdown.connect(
             _close_recorder, weak=False, dispatch_uid="flowworker.close.main"
         )
-        atexit.register(_close_recorder)
+        celery_signals.worker_init.connect(
+            writer_process.start_for_worker, weak=False, dispatch_uid="flowworker.writer.start"
+        )
+        celery_signals.worker_shutdown.connect(
+            _stop_writer_process, weak=False, dispatch_uid="flowworker.writer.stop"
+        )
+        atexit.register(_stop_writer_process)
+        atexit.register(_close_recorder)  # runs first
         _connected = True
 
 
@@ -83,3 +92,9 @@ def _close_recorder(**_: Any) -> None:
             plugin.recorder.close()
         except Exception:
             log.exception("flowworker: flushing the recorder at shutdown failed")
+
+
+def _stop_writer_process(**_: Any) -> None:
+    if writer_process.writer_process_pid() is not None:
+        _close_recorder()  # this process lets go of its journal first
+        writer_process.stop_for_worker()

@@ -9,10 +9,18 @@ committed. Replaying is always safe: the upsert is idempotent and refuses backwa
 Lines are written with one `write` each and reach the OS page cache at once: they survive
 a killed process. `fsync=True` makes them survive a machine crash too, at the cost of a
 disk flush per report.
+
+A *tailed* journal (`tailed=True`, a worker's processes when its writer process runs,
+`flowworker.journal_writer`) is written by its owner and read by that other process: the
+owner only appends, and starts a new file (unlocking the old one) every `rotate_bytes`;
+the writer keeps the committed offset in a small file beside it (`<journal>.committed`,
+`CommittedMark`), locked while it tails the journal, and deletes both once the owner has
+let go of the journal and everything in it is committed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -31,6 +39,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 ORPHAN_SCAN_INTERVAL = 10.0
 SUFFIX = ".journal.jsonl"
+#: the end of a tailed journal's name (its random part ends in "-tailed")
+TAILED_SUFFIX = "-tailed" + SUFFIX
+COMMITTED_SUFFIX = ".committed"
+DEFAULT_ROTATE_BYTES = 4 * 1024 * 1024
 
 
 class JournalFull(Exception):
@@ -45,11 +57,17 @@ class Journal:
         json_max_bytes: int,
         max_bytes: int = DEFAULT_MAX_BYTES,
         fsync: bool = False,
+        tailed: bool = False,
+        rotate_bytes: int = DEFAULT_ROTATE_BYTES,
     ) -> None:
         self.directory = directory
         self.json_max_bytes = json_max_bytes
         self.max_bytes = max_bytes
         self.fsync = fsync
+        self.tailed = tailed
+        self.rotate_bytes = rotate_bytes
+        #: tailed: this process's earlier files, until their writer deletes them
+        self._sealed: list[Path] = []
         self.dropped = 0
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -66,6 +84,7 @@ class Journal:
             os.close(self._fd)
         self._fd = None
         self._path = None
+        self._sealed = []
         self._lock = threading.Lock()
 
     # -- appending (any thread) ----------------------------------------------------------
@@ -90,7 +109,34 @@ class Journal:
             if self.fsync:
                 os.fsync(fd)
             self._size += len(data)
-            return self._base + self._size
+            end = self._base + self._size
+            # a pool process runs one task at a time: sealing after a finished report keeps
+            # each task's reports in one file, for the writer to fold
+            if self.tailed and self._size >= self.rotate_bytes and item.report.status.is_terminal:
+                self._seal()
+            return end
+
+    def _seal(self) -> None:
+        """Tailed: let go of the current file (its writer finishes and deletes it); the next
+        report starts a new one."""
+        assert self._fd is not None
+        assert self._path is not None
+        os.close(self._fd)
+        self._sealed.append(self._path)
+        self._fd, self._path = None, None
+        self._base += self._size
+        self._size = 0
+
+    def tailed_backlog(self) -> int:
+        """Tailed: bytes this process appended that its writer has not committed yet."""
+        with self._lock:
+            self._sealed = [path for path in self._sealed if path.exists()]
+            files = [*self._sealed, *([self._path] if self._path is not None else [])]
+        backlog = 0
+        for path in files:
+            with contextlib.suppress(OSError):
+                backlog += max(path.stat().st_size - read_committed(path), 0)
+        return backlog
 
     # -- the writer thread ---------------------------------------------------------------
 
@@ -132,7 +178,7 @@ class Journal:
                 if not line.endswith(b"\n"):
                     break
                 position += len(line)
-                item = _decoded(line.decode(errors="replace"))
+                item = decoded(line)
                 if item is not None:
                     items.append((item, base + position))
         return items
@@ -153,26 +199,31 @@ class Journal:
         written = 0
         for path, handle in self._orphans():
             with handle:
+                mark = CommittedMark.claim(path)
+                if mark is None:
+                    continue  # a writer process is finishing it
+                handle.seek(mark.value)
                 lines = [
-                    line for line in handle.read().splitlines(keepends=True) if line.endswith("\n")
+                    line for line in handle.read().splitlines(keepends=True) if line.endswith(b"\n")
                 ]
-                items = [item for item in map(_decoded, lines) if item is not None]
+                items = [item for item in map(decoded, lines) if item is not None]
                 for start in range(0, len(items), batch):
                     write(items[start : start + batch])
                     written += len(items[start : start + batch])
                 path.unlink(missing_ok=True)
+                mark.remove()
         if written:
             log.warning("flowworker replayed %d report(s) left by stopped processes", written)
         return written
 
-    def _orphans(self) -> Iterator[tuple[Path, IO[str]]]:
+    def _orphans(self) -> Iterator[tuple[Path, IO[bytes]]]:
         if not self.directory.exists():
             return
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):
             if path == self._path:
                 continue
             try:
-                handle = path.open("r", errors="replace")
+                handle = path.open("rb")
             except OSError:
                 continue
             try:
@@ -187,7 +238,8 @@ class Journal:
     def _own_fd(self) -> int:
         while self._fd is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            name = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}{SUFFIX}"
+            suffix = TAILED_SUFFIX if self.tailed else SUFFIX
+            name = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}"
             path = self.directory / name
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
             # Until it is locked, the new (empty) file looks like an orphan: another process
@@ -208,17 +260,80 @@ class Journal:
         return self._fd
 
     def close(self) -> None:
-        """Release the file; delete it when everything in it is committed."""
+        """Release the file; delete it when everything in it is committed (a tailed one is
+        its writer's to delete)."""
         with self._lock:
             if self._fd is None:
                 return
             os.close(self._fd)
             self._fd = None
-            if self._path is not None and self._committed >= self._base + self._size:
+            if (
+                not self.tailed
+                and self._path is not None
+                and self._committed >= self._base + self._size
+            ):
                 self._path.unlink(missing_ok=True)
 
 
-def _decoded(line: str) -> PendingReport | None:
+def stats_path(spool_dir: Path, pid: int) -> Path:
+    """Where process `pid` of this machine keeps its recording counters
+    (`flowworker.control`)."""
+    return spool_dir / "stats" / f"{socket.gethostname()}.{pid}.json"
+
+
+def read_committed(journal: Path) -> int:
+    """The committed offset a writer keeps beside `journal` (0 when none)."""
+    try:
+        return int(journal.with_name(journal.name + COMMITTED_SUFFIX).read_bytes() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+class CommittedMark:
+    """How far a journal is in the database, kept beside it (`<journal>.committed`) by the
+    one process that writes it; that process holds the file's lock meanwhile."""
+
+    _WIDTH = 20
+
+    def __init__(self, path: Path, fd: int, value: int) -> None:
+        self.path = path
+        self._fd = fd
+        self.value = value
+
+    @classmethod
+    def claim(cls, journal: Path) -> CommittedMark | None:
+        """The mark of `journal`, locked for this process; None while another holds it."""
+        path = journal.with_name(journal.name + COMMITTED_SUFFIX)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            value = int(os.pread(fd, cls._WIDTH, 0) or 0)
+        except ValueError:
+            value = 0
+        return cls(path, fd, value)
+
+    def set(self, offset: int) -> None:
+        os.pwrite(self._fd, str(offset).rjust(self._WIDTH).encode(), 0)
+        self.value = offset
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.release()
+
+
+def decoded(line: str | bytes) -> PendingReport | None:
     """The report of a journal line; None (logged) for a line a crash or a full disk tore:
     one bad line must not hold back every report after it."""
     try:

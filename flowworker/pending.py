@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from persistence.hierarchy import AdHocFlowExecution
 from persistence.jsonvalue import encode_json
 from persistence.reports import TaskReport
+from persistence.status import ExecutionStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +24,18 @@ class PendingReport:
     ad_hoc: AdHocFlowExecution | None = None
     #: how many reports this one carries (it absorbs earlier unwritten ones)
     reports: int = 1
+    #: a `queued` report that may wait out `queued_write_delay` (a task that starts soon
+    #: makes it unnecessary); False for a task scheduled to run later (an ETA or countdown)
+    hold: bool = True
 
     @property
     def key(self) -> tuple[uuid.UUID, str, int]:
         return self.report.key
+
+    @property
+    def held_back(self) -> bool:
+        """A `queued` report that waits out `queued_write_delay` before it is written."""
+        return self.hold and self.report.status is ExecutionStatus.QUEUED
 
     def absorbing(self, earlier: PendingReport) -> PendingReport:
         """This report, folding in an earlier unwritten one of the same execution
@@ -41,7 +51,7 @@ class PendingReport:
         """One JSON line for the journal; values go through the database's own encoder,
         spliced in as text so that nothing is serialized twice."""
         report = self.report
-        scalars = json.dumps(
+        scalars = orjson.dumps(
             {
                 "flow_execution_id": str(report.flow_execution_id),
                 "task_name": report.task_name,
@@ -58,9 +68,9 @@ class PendingReport:
                 "ad_hoc": self.ad_hoc is not None,
                 "ad_hoc_root_id": self.ad_hoc.celery_root_id if self.ad_hoc else None,
                 "reports": self.reports,
+                "hold": self.hold,
             },
-            separators=(",", ":"),
-        )
+        ).decode()
         values = ",".join(
             f'"{name}":{_json(value, json_max_bytes)}'
             for name, value in (
@@ -72,8 +82,8 @@ class PendingReport:
         return f"{scalars[:-1]},{values}}}"
 
     @classmethod
-    def from_line(cls, line: str) -> PendingReport:
-        document = json.loads(line)
+    def from_line(cls, line: str | bytes) -> PendingReport:
+        document = orjson.loads(line)
         organization_id = uuid.UUID(document["organization_id"])
         flow_execution_id = uuid.UUID(document["flow_execution_id"])
         report = TaskReport(
@@ -97,7 +107,9 @@ class PendingReport:
             if document["ad_hoc"]
             else None
         )
-        return cls(report, organization_id, ad_hoc, document.get("reports", 1))
+        return cls(
+            report, organization_id, ad_hoc, document.get("reports", 1), document.get("hold", True)
+        )
 
 
 def _json(value: Any, max_bytes: int) -> str:

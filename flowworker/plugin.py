@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flowworker.config import Settings
+from flowworker.database_writer import Notifier
 from flowworker.pending import PendingReport
-from flowworker.recorder import Notifier, Recorder
+from flowworker.recorder import Recorder
 
 if TYPE_CHECKING:
     from celery import Celery

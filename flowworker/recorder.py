@@ -17,6 +17,7 @@ Connections and the thread are made per process, after fork (Celery's prefork po
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import logging
@@ -24,34 +25,30 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
-from flowworker.config import Settings
+from flowworker.config import THREAD_NICE_MAX, Settings
+from flowworker.database_writer import DatabaseWriter, Notifier
 from flowworker.journal import Journal, JournalFull
 from flowworker.outage import database_unavailable
 from flowworker.pending import PendingReport
-from flowworker.steps import steps_of
 from persistence.database import create_database_engine, transaction
 from persistence.errors import FlowworkerError
 from persistence.hierarchy import (
     AdHocFlowExecution,
     allocate_task_execution_idx,
     ensure_flow_executions,
-    ensure_organization,
     organization_id_for,
 )
-from persistence.reports import UpsertResult
-from persistence.upsert import upsert_task_executions
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_KNOWN_FLOW_EXECUTIONS_MAX = 50_000
 #: reports kept in memory beyond this are read back from the journal instead
 _MEMORY_QUEUE_MAX = 20_000
 _RETRY_DELAY = 1.0
@@ -60,12 +57,6 @@ _RETRY_DELAY = 1.0
 class AllocationTimeout(FlowworkerError):
     """The database did not answer a signal handler's call (an idx allocation, the
     lookup of a record's key) in time."""
-
-
-class Notifier(Protocol):
-    def publish_changes(self, results: list[UpsertResult]) -> None: ...
-
-    def close(self, timeout: float = 5.0) -> None: ...
 
 
 @dataclass
@@ -98,6 +89,10 @@ class Recorder:
         self._pid: int | None = None
         self._init_lock = threading.Lock()
         self._engine: Engine | None = None
+        self._default_organization_id = organization_id_for(settings.organization)
+        #: a writer process (`flowworker.journal_writer`) writes this process's journal:
+        #: `record` only appends to it, and no writer thread runs here
+        self.tailed = False
 
     # -- per-process state, made lazily so that a fork gets its own ---------------------
 
@@ -116,19 +111,26 @@ class Recorder:
                 json_max_bytes=self.settings.json_max_bytes,
                 pool_size=2,
             )
+            # decided once per process: a fork (a pool child) decides again
+            self._tailed_here = self.tailed
             self._journal = Journal(
                 self.settings.spool_dir,
                 json_max_bytes=self.settings.json_max_bytes,
                 fsync=self.settings.journal_fsync,
+                tailed=self._tailed_here,
             )
             self._notifier = (
-                self._notifier_factory(self.settings) if self._notifier_factory else None
+                self._notifier_factory(self.settings)
+                if self._notifier_factory and not self._tailed_here
+                else None
             )
             # (report, its journal offset; None for a report kept in memory only)
             self._queue: list[tuple[PendingReport, int | None]] = []
             # memory-only reports not yet taken by the writer, by execution key
             self._unwritten: dict[tuple[uuid.UUID, str, int], PendingReport] = {}
             self._writing_unjournaled = 0
+            # `queued` reports waiting out `queued_write_delay`: (when due, report)
+            self._deferred: collections.deque[tuple[float, PendingReport]] = collections.deque()
             self._queue_lock = threading.Condition()
             self._replaying = False  # the journal, not the queue, is the source of truth
             self._overflow = False  # reports went to the journal only (memory queue full)
@@ -138,16 +140,18 @@ class Recorder:
             self._allocator = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="flowworker-allocate"
             )
-            self._known_flow_executions: dict[uuid.UUID, None] = {}
-            self._organization_ensured = False
             self._stopping = False
             self._idle = threading.Event()
             self.stats = RecorderStats()
+            self._writer = DatabaseWriter(
+                self._engine, self.settings.organization, self._notifier, self.stats
+            )
             self._thread = threading.Thread(
                 target=self._run, name="flowworker-recorder", daemon=True
             )
             self._pid = os.getpid()
-            self._thread.start()
+            if not self._tailed_here:
+                self._thread.start()
 
     @property
     def engine(self) -> Engine:
@@ -161,8 +165,15 @@ class Recorder:
         """Hand a report over. A durable report is journaled (safe from a crash of this
         process) on return; a non-durable one (queued, running: a later report says more)
         waits in memory only. Either absorbs an earlier unwritten memory-only report of
-        the same execution, so that one row write does for both."""
+        the same execution, so that one row write does for both.
+
+        A `queued` report waits `queued_write_delay` seconds first, and is then written
+        only if no worker has recorded the execution meanwhile: a task that starts at once
+        costs no row write at publish (the worker's report says when it was queued)."""
         self._ensure_process()
+        if self._tailed_here:
+            self._append_for_writer_process(item)
+            return
         with self._queue_lock:
             earlier = self._unwritten.pop(item.key, None)
             if earlier is not None:
@@ -178,21 +189,37 @@ class Recorder:
                         self._unwritten[item.key] = earlier
                     return
             self.stats.recorded += 1
-            if len(self._queue) < _MEMORY_QUEUE_MAX:
+            if len(self._queue) + len(self._deferred) >= _MEMORY_QUEUE_MAX:
+                if durable:
+                    self._overflow = True  # the writer reads it back from the journal
+                else:
+                    self.stats.lost += 1  # a non-terminal report: the next one says more
+            elif not durable and item.held_back:
+                self._unwritten[item.key] = item
+                delay = self.settings.queued_write_delay
+                self._deferred.append((time.monotonic() + delay, item))
+            else:
                 self._queue.append((item, offset))
                 if not durable:
                     self._unwritten[item.key] = item
-            elif durable:
-                self._overflow = True  # the writer reads it back from the journal
-            else:
-                self.stats.lost += 1  # a non-terminal report: the next one says more
             if len(self._queue) >= self.batch_size:
                 self._queue_lock.notify()
+
+    def _append_for_writer_process(self, item: PendingReport) -> None:
+        """Tailed: every report goes to the journal, which the writer process reads (it
+        folds a short task's reports into one write there, and holds `queued` ones back)."""
+        try:
+            self._journal.append(item)
+        except (JournalFull, OSError) as exc:
+            self.stats.lost += 1
+            self._note_error("report lost: the journal cannot take it", exc)
+            return
+        self.stats.recorded += 1
 
     def default_organization_id(self) -> uuid.UUID:
         """The organization of tasks no flow started; known without asking the database
         (the writer creates its row before the first record that needs it)."""
-        return organization_id_for(self.settings.organization)
+        return self._default_organization_id
 
     def allocate_idx(
         self,
@@ -258,14 +285,14 @@ class Recorder:
         at_least: int,
     ) -> int:
         with transaction(self.engine, organization_id) as connection:
-            if ad_hoc is not None and ad_hoc.id not in self._known_flow_executions:
-                self._ensure_default_organization(connection, [ad_hoc])
+            if ad_hoc is not None and ad_hoc.id not in self._writer.known_flow_executions:
+                self._writer.ensure_default_organization(connection, [ad_hoc])
                 ensure_flow_executions(connection, [ad_hoc])
             idx = allocate_task_execution_idx(
                 connection, flow_execution_id, task_name, at_least=at_least
             )
         if ad_hoc is not None:
-            self._remember_flow_executions([ad_hoc.id])
+            self._writer.remember_flow_executions([ad_hoc.id])
         return idx
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -273,6 +300,8 @@ class Recorder:
         Returns False at once while the database is known to be unavailable."""
         if self._pid != os.getpid():
             return True
+        if self._tailed_here:
+            return self._wait_for_writer_process(timeout)
         if self._replaying or self._stuck():
             return self._all_written()
         deadline = time.monotonic() + timeout
@@ -285,6 +314,14 @@ class Recorder:
             time.sleep(0.01)
         return True
 
+    def _wait_for_writer_process(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._journal.tailed_backlog():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
     def _all_written(self) -> bool:
         # under the lock: `record` and `_take_batch` move a report between the journal,
         # `_unwritten` and `_writing_unjournaled` in steps that must not be seen halfway
@@ -293,6 +330,9 @@ class Recorder:
 
     def close(self, timeout: float = 10.0) -> None:
         if self._pid != os.getpid():
+            return
+        if self._tailed_here:  # the writer process finishes the journal once this one lets go
+            self._journal.close()
             return
         flushed = self.flush(timeout)
         self._stopping = True
@@ -319,12 +359,12 @@ class Recorder:
     def backlog(self) -> int:
         """Bytes of reports recorded but not yet in the database."""
         self._ensure_process()
-        return self._journal.backlog()
+        return self._journal.tailed_backlog() if self._tailed_here else self._journal.backlog()
 
     # -- the writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
-        _lower_priority(self.settings.writer_nice)
+        lower_priority(min(self.settings.writer_nice, THREAD_NICE_MAX))
         retry_at = 0.0
         while True:
             batch = self._take_batch()
@@ -344,16 +384,16 @@ class Recorder:
                     # write failed is in the journal, and must land after it.
                     unjournaled = [item for item, offset in batch if offset is None]
                     if unjournaled:
-                        self._write(unjournaled)
+                        self._writer.write(unjournaled)
                         batch = []  # written: nothing to wait again if the replay fails
                     self._replay_journal()
                 elif batch:
-                    self._write([item for item, _ in batch])
+                    self._writer.write([item for item, _ in batch])
                     offsets = [offset for _, offset in batch if offset is not None]
                     if offsets:
                         self._journal.commit(offsets[-1])
                 else:
-                    self._journal.replay_orphans(self._write)
+                    self._journal.replay_orphans(self._writer.write)
                 retry_at = 0.0
             except Exception as exc:  # never let the writer die
                 self._requeue_unjournaled(batch)
@@ -372,7 +412,7 @@ class Recorder:
         with self._queue_lock:
             hurry = self._stopping or self._flush_requested
             if not self._queue and not hurry:
-                self._queue_lock.wait(1.0)
+                self._queue_lock.wait(self._until_deferred_due(1.0))
             hurry = self._stopping or self._flush_requested
             if self._queue and not hurry and len(self._queue) < self.batch_size:
                 # Every report is safe in the journal already: let a batch build up, so one
@@ -381,6 +421,7 @@ class Recorder:
             self._flush_requested = False
             taken = self._queue[: self.batch_size]
             del self._queue[: self.batch_size]
+            taken += self._due_deferred(hurry or self._stopping, self.batch_size - len(taken))
             committed = self._journal.committed
             batch: list[tuple[PendingReport, int | None]] = []
             for item, offset in taken:
@@ -393,6 +434,20 @@ class Recorder:
                     continue  # written already, by a replay of the journal
                 batch.append((item, offset))
         return batch
+
+    def _until_deferred_due(self, longest: float) -> float:
+        if not self._deferred:
+            return longest
+        return min(longest, max(self._deferred[0][0] - time.monotonic(), 0.0))
+
+    def _due_deferred(self, all_of_them: bool, limit: int) -> list[tuple[PendingReport, None]]:
+        """The waiting `queued` reports whose delay is over (all of them for a flush)."""
+        due: list[tuple[PendingReport, None]] = []
+        now = time.monotonic()
+        deferred = self._deferred
+        while deferred and len(due) < limit and (all_of_them or deferred[0][0] <= now):
+            due.append((deferred.popleft()[1], None))
+        return due
 
     def _requeue_unjournaled(self, batch: list[tuple[PendingReport, int | None]]) -> None:
         """Memory-only reports of a batch that was not written wait again (unless a later
@@ -414,7 +469,7 @@ class Recorder:
             items = self._journal.read_uncommitted(self.batch_size)
             if not items:
                 break
-            self._write([item for item, _ in items])
+            self._writer.write([item for item, _ in items])
             self._journal.commit(items[-1][1])
         with self._queue_lock:
             committed = self._journal.committed
@@ -429,86 +484,13 @@ class Recorder:
             self._replaying = False
         log.info("flowworker: the journal is replayed; writing from memory again")
 
-    def _write(self, items: list[PendingReport]) -> None:
-        """Write `items` (one transaction per organization) and notify after commit."""
-        by_organization: dict[uuid.UUID, list[PendingReport]] = {}
-        for item in items:
-            by_organization.setdefault(item.organization_id, []).append(item)
-        for organization_id, group in by_organization.items():
-            try:
-                results = self._write_group(organization_id, group)
-            except Exception as exc:
-                if database_unavailable(exc):
-                    raise  # retried later, in order, from the journal
-                # the database refuses something in this batch (an unknown flow execution, a
-                # task name not in its flow, a value it cannot store): find it, keep the rest
-                results = self._write_one_by_one(organization_id, group)
-            self.stats.written += sum(item.reports for item in group)
-            self.stats.last_write_at = time.time()
-            changed = [step for result in results if result.changed for step in steps_of(result)]
-            if changed and self._notifier is not None:
-                self._notifier.publish_changes(changed)
-
-    def _write_group(
-        self, organization_id: uuid.UUID, group: list[PendingReport]
-    ) -> list[UpsertResult]:
-        new_flow_executions = [
-            item.ad_hoc
-            for item in group
-            if item.ad_hoc is not None and item.ad_hoc.id not in self._known_flow_executions
-        ]
-        with transaction(self.engine, organization_id) as connection:
-            if new_flow_executions:
-                self._ensure_default_organization(connection, new_flow_executions)
-                ensure_flow_executions(connection, new_flow_executions)
-            results = upsert_task_executions(connection, [item.report for item in group])
-        self._remember_flow_executions(execution.id for execution in new_flow_executions)
-        return results
-
-    def _write_one_by_one(
-        self, organization_id: uuid.UUID, group: list[PendingReport]
-    ) -> list[UpsertResult]:
-        results: list[UpsertResult] = []
-        for item in group:
-            try:
-                results += self._write_group(organization_id, [item])
-            except Exception as exc:
-                if database_unavailable(exc):
-                    raise
-                self.stats.rejected += 1
-                log.error(
-                    "flowworker could not record %s[%d] -> %s: %s",
-                    item.report.task_name,
-                    item.report.task_execution_idx,
-                    item.report.status,
-                    exc,
-                )
-        return results
-
-    def _ensure_default_organization(
-        self, connection: Connection, executions: Iterable[AdHocFlowExecution]
-    ) -> None:
-        default = self.default_organization_id()
-        if not self._organization_ensured and any(
-            execution.organization_id == default for execution in executions
-        ):
-            ensure_organization(connection, self.settings.organization)
-            self._organization_ensured = True
-
-    def _remember_flow_executions(self, ids: Iterable[uuid.UUID]) -> None:
-        known = self._known_flow_executions
-        for flow_execution_id in ids:
-            known[flow_execution_id] = None
-        while len(known) > _KNOWN_FLOW_EXECUTIONS_MAX:
-            del known[next(iter(known))]
-
     def _note_error(self, message: str, exc: BaseException, exc_info: bool = False) -> None:
         self.stats.errors += 1
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
         log.warning("flowworker: %s: %s", message, self.stats.last_error, exc_info=exc_info)
 
 
-def _lower_priority(increment: int) -> None:
+def lower_priority(increment: int) -> None:
     """Lower the calling thread's CPU priority by `increment` (Linux schedules threads
     individually): the writer's work is in the journal and memory already, so it can wait
     while the tasks and Celery's own loop need the CPU; it still gets its fair share

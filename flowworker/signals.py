@@ -7,6 +7,7 @@ task's own failure path).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -68,8 +69,14 @@ def record_task_published(
         celery_task_id=_bounded(headers.get("id")),
         attempt=int(headers.get("retries") or 0),
     )
-    # not journaled: losing it with this process loses nothing the worker does not state
-    plugin.recorder.record(_pending(report, assigned, headers.get("root_id")), durable=False)
+    # Not journaled: losing it with this process loses nothing the worker does not state.
+    # Held back for `queued_write_delay` unless the task is scheduled for later: one that
+    # starts before then needs no row written here (the worker's report says when it was
+    # queued), one that waits for its ETA is queued by design and shown as such at once.
+    item = _pending(report, assigned, headers.get("root_id"))
+    if headers.get("eta"):
+        item = dataclasses.replace(item, hold=False)
+    plugin.recorder.record(item, durable=False)
 
 
 @fail_safe
@@ -89,13 +96,12 @@ def record_task_started(
     # notifications read queued -> running -> ... in order whichever lands first. It is not
     # journaled: the finished report absorbs it while it waits (`Recorder.record`), so a
     # short task costs one journal line and one row write.
-    published_at = min(assigned.published_at or time.time(), time.time())
     running = _report(
         assigned,
         request,
         ExecutionStatus.RUNNING,
         input=arguments,
-        queued_at=dt.datetime.fromtimestamp(published_at, dt.UTC),
+        queued_at=_queued_at(assigned) or dt.datetime.now(dt.UTC),
     )
     plugin.recorder.record(_pending(running, assigned, request.root_id), durable=False)
 
@@ -172,7 +178,11 @@ def _record_finished(
     assigned = identity.identity_of(plugin, request, task.name)
     if assigned is None:
         return
-    report = _report(assigned, request, status, output=output, error=error)
+    # when it was queued too: the publisher's `queued` report may never be written (it
+    # waits `queued_write_delay`), and a task revoked before it started has no other
+    report = _report(
+        assigned, request, status, output=output, error=error, queued_at=_queued_at(assigned)
+    )
     item = _pending(report, assigned, getattr(request, "root_id", None))
     plugin.recorder.record(item)  # journaled on return
     plugin.announce_terminal(item)
@@ -191,6 +201,14 @@ def _report(
         worker=_bounded(getattr(request, "hostname", None)),
         **fields,
     )
+
+
+def _queued_at(assigned: ExecutionIdentity) -> dt.datetime | None:
+    """When the message was published, if its headers say (never later than now: the
+    publisher's clock may run ahead of this machine's)."""
+    if assigned.published_at is None:
+        return None
+    return dt.datetime.fromtimestamp(min(assigned.published_at, time.time()), dt.UTC)
 
 
 def _bounded(value: Any, limit: int = 255) -> str | None:

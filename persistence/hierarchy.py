@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Integer, bindparam, func, literal, select, text
+import orjson
+from sqlalchemy import Connection, Integer, bindparam, func, literal, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from persistence.errors import UnknownFlowExecution, UnknownOrganization
@@ -203,3 +204,32 @@ def fetch_execution_key(
         .limit(1)
     ).first()
     return None if row is None else (row[0], row[1], row[2])
+
+
+ExecutionKey = tuple[uuid.UUID, str, int]
+
+
+def recorded_keys(connection: Connection, keys: Iterable[ExecutionKey]) -> set[ExecutionKey]:
+    """Which of the (flow_execution_id, task_name, task_execution_idx) `keys` have a record
+    (that the connection's organization may see): one index lookup each, one statement."""
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return set()
+    if connection.dialect.name == "postgresql":
+        rows = connection.execute(_RECORDED_KEYS_PG, {"keys": orjson.dumps(wanted).decode()})
+    else:
+        key = tuple_(_te.c.flow_execution_id, _te.c.task_name, _te.c.task_execution_idx)
+        rows = connection.execute(
+            select(_te.c.flow_execution_id, _te.c.task_name, _te.c.task_execution_idx).where(
+                key.in_(wanted)
+            )
+        )
+    return {(row[0], row[1], row[2]) for row in rows}
+
+
+_RECORDED_KEYS_PG = text(
+    "SELECT t.flow_execution_id, t.task_name, t.task_execution_idx"
+    " FROM json_array_elements(CAST(:keys AS json)) AS k"
+    " JOIN task_executions AS t ON t.flow_execution_id = (k->>0)::uuid"
+    " AND t.task_name = k->>1 AND t.task_execution_idx = (k->>2)::int"
+)

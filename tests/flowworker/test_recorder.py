@@ -25,7 +25,7 @@ from persistence.database import transaction
 from persistence.models import TaskExecution
 from persistence.reports import TaskReport, UpsertOutcome, UpsertResult
 from persistence.status import ExecutionStatus
-from tests.persistence.helpers import history_steps, make_flow_execution
+from tests.persistence.helpers import history_steps, make_flow_execution, record_statuses
 from tests.pg_cluster import free_port
 
 
@@ -202,8 +202,8 @@ def test_steps_of_an_update_leave_earlier_steps_to_whoever_wrote_them() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
-@pytest.mark.parametrize("increment", [0, 5])
-def test_the_writer_thread_runs_at_a_lower_cpu_priority(
+@pytest.mark.parametrize("increment", [0, 5, 19])
+def test_the_writer_thread_runs_at_a_lower_cpu_priority_never_below_nice_5(
     pg_engine: Engine, postgres_url: str, tmp_path: Path, increment: int
 ) -> None:
     organization_id, flow_execution_id = make_flow_execution(pg_engine, "nice")
@@ -218,7 +218,7 @@ def test_the_writer_thread_runs_at_a_lower_cpu_priority(
     writer = recorder._thread.native_id
     assert writer is not None
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert os.getpriority(os.PRIO_PROCESS, writer) == min(19, own + increment)
+    assert os.getpriority(os.PRIO_PROCESS, writer) == min(19, own + min(increment, 5))
     recorder.close()
 
 
@@ -298,4 +298,70 @@ def test_a_report_the_journal_refuses_leaves_the_one_it_would_have_absorbed(
     with transaction(pg_engine) as connection:
         status = connection.execute(select(TaskExecution.status)).scalar_one()
     assert status == "running", "the finished report is lost, the running one is not"
+    recorder.close()
+
+
+def test_a_queued_report_waits_and_is_written_only_if_no_worker_recorded_the_execution(
+    pg_engine: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    organization_id, flow_execution_id = make_flow_execution(pg_engine, "queued-delay")
+    recorder = Recorder(
+        Settings.load(
+            {}, {}, database_url=postgres_url, spool_dir=str(tmp_path), queued_write_delay=0.5
+        )
+    )
+    at = dt.datetime.now(dt.UTC)
+
+    def queued(idx: int) -> PendingReport:
+        return PendingReport(
+            TaskReport(flow_execution_id, "t", idx, ExecutionStatus.QUEUED, at=at), organization_id
+        )
+
+    recorder.record(queued(0), durable=False)
+    recorder.record(queued(1), durable=False)
+    # another process (the worker) records idx 0 meanwhile
+    other = Recorder(Settings.load({}, {}, database_url=postgres_url, spool_dir=str(tmp_path)))
+    finished = TaskReport(flow_execution_id, "t", 0, ExecutionStatus.COMPLETED, queued_at=at)
+    other.record(PendingReport(finished, organization_id))
+    assert other.flush(30)
+    time.sleep(0.2)
+    assert record_statuses(pg_engine, flow_execution_id) == {
+        0: "completed"
+    }  # idx 1 still held back
+    deadline = time.monotonic() + 30
+    while (
+        record_statuses(pg_engine, flow_execution_id) != {0: "completed", 1: "queued"}
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert record_statuses(pg_engine, flow_execution_id) == {0: "completed", 1: "queued"}
+    # idx 0's queued report was dropped before the upsert: nothing refused, one step each
+    assert [step[1] for step in history_steps(pg_engine, task_execution_idx=0)] == [
+        "queued",
+        "completed",
+    ]
+    assert recorder.flush(30)
+    recorder.close()
+    other.close()
+
+
+def test_flush_writes_held_back_queued_reports_at_once(
+    pg_engine: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    organization_id, flow_execution_id = make_flow_execution(pg_engine, "queued-flush")
+    recorder = Recorder(
+        Settings.load(
+            {}, {}, database_url=postgres_url, spool_dir=str(tmp_path), queued_write_delay=3600
+        )
+    )
+    report = TaskReport(flow_execution_id, "t", 0, ExecutionStatus.QUEUED)
+    recorder.record(PendingReport(report, organization_id), durable=False)
+    started = time.monotonic()
+    assert recorder.flush(30)
+    assert time.monotonic() - started < 10
+    with transaction(pg_engine) as connection:
+        found = connection.execute(
+            select(TaskExecution.status).where(TaskExecution.flow_execution_id == flow_execution_id)
+        ).scalar_one()
+    assert found == "queued"
     recorder.close()

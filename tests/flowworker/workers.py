@@ -72,6 +72,17 @@ class WorkerProcess:
         ).stdout
         return [int(pid) for pid in output.split()]
 
+    def writer_pid(self) -> int | None:
+        """The worker's writer process (`flowworker.journal_writer`), if it runs one."""
+        for pid in self.child_pids():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"flowworker.journal_writer" in command:
+                return pid
+        return None
+
     def stop(self, timeout: float = 30.0) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

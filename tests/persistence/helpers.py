@@ -30,3 +30,14 @@ def history_steps(engine: Engine, **where: Any) -> list[tuple[str | None, str, i
     )
     with transaction(engine) as connection:
         return [(row.from_status, row.to_status, row.version) for row in connection.execute(query)]
+
+
+def record_statuses(engine: Engine, flow_execution_id: uuid.UUID) -> dict[int, str]:
+    """{task_execution_idx: status} of the records of one flow execution."""
+    with transaction(engine) as connection:
+        rows = connection.execute(
+            select(TaskExecution.task_execution_idx, TaskExecution.status).where(
+                TaskExecution.flow_execution_id == flow_execution_id
+            )
+        )
+        return {row[0]: row[1] for row in rows}

@@ -5,8 +5,17 @@ import uuid
 from sqlalchemy import Engine, select
 
 from persistence.database import transaction
-from persistence.hierarchy import AdHocFlowExecution, ensure_flow_executions, ensure_organization
+from persistence.hierarchy import (
+    AdHocFlowExecution,
+    create_flow_execution,
+    ensure_flow_executions,
+    ensure_organization,
+    recorded_keys,
+)
 from persistence.models import FlowExecution
+from persistence.reports import TaskReport
+from persistence.status import ExecutionStatus
+from persistence.upsert import upsert_task_executions
 
 
 def test_ensure_flow_executions_creates_the_missing_ones_once(engine: Engine) -> None:
@@ -29,3 +38,20 @@ def test_ensure_flow_executions_creates_the_missing_ones_once(engine: Engine) ->
         (first.id, "root-0", "running"),
         (second.id, "root-1", "running"),
     ]
+
+
+def test_recorded_keys_names_the_executions_that_have_a_record(engine: Engine) -> None:
+    with transaction(engine) as connection:
+        organization_id = ensure_organization(connection, "keys")
+        flow_execution_id = create_flow_execution(connection, organization_id)
+    reports = [TaskReport(flow_execution_id, "t", idx, ExecutionStatus.QUEUED) for idx in (0, 2)]
+    with transaction(engine, organization_id) as connection:
+        upsert_task_executions(connection, reports)
+    asked = [(flow_execution_id, "t", idx) for idx in range(3)]
+    asked += [(flow_execution_id, "other", 0), (uuid.uuid4(), "t", 0), asked[0]]
+    with transaction(engine, organization_id) as connection:
+        assert recorded_keys(connection, asked) == {
+            (flow_execution_id, "t", 0),
+            (flow_execution_id, "t", 2),
+        }
+        assert recorded_keys(connection, []) == set()

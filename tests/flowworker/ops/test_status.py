@@ -33,23 +33,31 @@ def _stats(recording: Recording) -> dict[str, Any]:
     return reply
 
 
-def test_each_pool_child_reports_what_it_wrote(recording: Recording) -> None:
+def test_each_process_reports_what_it_recorded_and_the_writer_what_it_wrote(
+    recording: Recording,
+) -> None:
     results = [add.delay(n, n) for n in range(20)]
     for result in results:
         recording.wait_for(1, {"completed"}, celery_task_id=result.id)
 
-    def written_by_children() -> dict[str, Any] | None:
+    def written_by_the_writer() -> dict[str, Any] | None:
         stats = _stats(recording)
-        children = [p for p in stats["processes"] if p["role"] == "child"]
         # each task is running (saying when it was queued) + completed: two reports, both
-        # from the children (one row write when they meet in a batch, still counted as two)
-        return stats if sum(p["written"] for p in children) >= 40 else None
+        # journaled by the children and written by the writer process (one row write when
+        # they meet in a batch, still counted as two)
+        processes = stats["processes"]
+        recorded = sum(p["recorded"] for p in processes if p["role"] == "child")
+        return stats if recorded >= 40 and sum(p["written"] for p in processes) >= 40 else None
 
-    stats: Any = wait_until(written_by_children, timeout=4 * STATS_INTERVAL)
-    assert sum(p["written"] for p in stats["processes"] if p["role"] == "child") == 40
+    stats: Any = wait_until(written_by_the_writer, timeout=4 * STATS_INTERVAL)
+    by_role = {
+        role: [p for p in stats["processes"] if p["role"] == role] for role in ("child", "writer")
+    }
+    assert sum(p["recorded"] for p in by_role["child"]) == 40
+    assert [p["written"] for p in by_role["writer"]] == [40]
     assert stats["installed"] is True
     assert stats["pool_processes"] == 2
-    assert [p["role"] for p in stats["processes"]].count("child") == 2
+    assert len(by_role["child"]) == 2
     assert stats["missing"] == []
     assert stats["totals"]["journal_lines"] == 0
     assert stats["totals"]["lost"] == 0

@@ -103,6 +103,24 @@ def test_redelivered_message_finishes_the_same_record(recording: Recording, tmp_
     assert records[0].task_execution_idx == 0
 
 
+def test_a_killed_writer_process_is_replaced_and_loses_no_record(recording: Recording) -> None:
+    [worker] = recording.workers
+    first = wait_until(worker.writer_pid, 30)
+    results = [sleep.delay(0.01) for _ in range(100)]
+    wait_until(lambda: len(recording.records(status="completed")) >= 10, 60)
+    os.kill(first, signal.SIGKILL)  # in the middle of the run
+    ids = {r.id for r in results}
+
+    def all_completed() -> bool:
+        return ids <= {r.celery_task_id for r in recording.records(status="completed")}
+
+    wait_until(all_completed, 120)
+    second = worker.writer_pid()
+    assert second is not None
+    assert second != first
+    assert "starting another" in worker.log.read_text()
+
+
 def test_database_stopped_for_20_seconds_loses_no_record(recording_factory: Any) -> None:
     with private_database(recording_factory) as (cluster, recording):
         [worker] = recording.workers
