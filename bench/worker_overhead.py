@@ -36,7 +36,7 @@ ADMIN = "postgresql://root@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MODES = tuple(os.environ.get("BENCH_MODES", "bare flowworker sqlalchemy").split())
 FLOOR_SCRIPT = str(ROOT / "bench" / "database_floor.py")
-CPU_PARTS = ("publisher", "worker main", "pool", "postgresql", "redis", "floor writer")
+CPU_PARTS = ("publisher", "worker main", "pool", "writer", "postgresql", "redis", "floor writer")
 
 
 def main() -> None:
@@ -96,6 +96,18 @@ def main() -> None:
             + "".join(f"{parts[part]:>13.2f}" for part in CPU_PARTS)
             + f"{sum(parts.values()):>10.2f}"
         )
+
+
+def pool_and_writer(worker: int) -> tuple[list[int], list[int]]:
+    """The worker's pool processes, and its writer process (`flowworker.journal_writer`)."""
+    pool, writer = [], []
+    for pid in children_of(worker):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        (writer if b"flowworker.journal_writer" in command else pool).append(pid)
+    return pool, writer
 
 
 def settings_of(mode: str) -> dict[str, str]:
@@ -182,11 +194,12 @@ def run_round(
     client = redis.Redis.from_url(REDIS_URL)
     try:
         time.sleep(3)  # let the worker come up before the clock starts
-        pool = children_of(worker.pid)
+        pool, writer = pool_and_writer(worker.pid)
         with BackendSampler(ADMIN, database) as sampler:
             before = {
                 "worker main": cpu_seconds([worker.pid]),
                 "pool": cpu_seconds(pool),
+                "writer": cpu_seconds(writer),
                 "redis": cpu_seconds([redis_pid(client)]),
             }
             floor = None
@@ -224,7 +237,8 @@ def run_round(
                 time.sleep(0.5)
             after = {
                 "worker main": cpu_seconds([worker.pid]),
-                "pool": cpu_seconds(children_of(worker.pid)),
+                "pool": cpu_seconds(pool_and_writer(worker.pid)[0]),
+                "writer": cpu_seconds(pool_and_writer(worker.pid)[1]),
                 "redis": cpu_seconds([redis_pid(client)]),
             }
         cpu_ms = {part: 1000 * (after[part] - before[part]) / tasks for part in before}

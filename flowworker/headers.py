@@ -76,6 +76,9 @@ def _getter(source: Mapping[str, Any] | Any) -> Any:
         return source.get
     # A Celery request Context: custom headers appear as attributes and, with some
     # brokers/protocols, only in `.headers`.
+    attributes = getattr(source, "__dict__", None)
+    if attributes is not None and attributes.get(FLOW_EXECUTION_ID) is not None:
+        return attributes.get  # the common case, without a getattr per name
     nested = getattr(source, "headers", None) or {}
 
     def get(name: str) -> Any:

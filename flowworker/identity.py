@@ -55,7 +55,7 @@ def _new_identity(
 ) -> ExecutionIdentity:
     task_id = str(headers["id"])
     task_name = str(headers["task"])
-    parent = _running_identity(task_id)
+    parent = _running_identity(task_id, headers.get("parent_id"))
     opener: str | None = None
     if parent is not None:
         # published by a recorded task: same flow execution (a chain step, a child, a group)
@@ -88,7 +88,11 @@ def _new_identity(
     return dataclasses.replace(draft, task_execution_idx=idx)
 
 
-def _running_identity(publishing_task_id: str) -> ExecutionIdentity | None:
+def _running_identity(publishing_task_id: str, parent_id: Any) -> ExecutionIdentity | None:
+    # Celery names the running task as the parent of what it publishes: without one there
+    # is no task to look up (and the task stack lookup is the costliest step of a publish)
+    if not parent_id:
+        return None
     task = current_task
     if task is None:
         return None
@@ -105,13 +109,15 @@ def identity_of(plugin: Plugin, request: Any, celery_task_name: str) -> Executio
     (found again by Celery task id and attempt, so a redelivery lands on the same record),
     and kept on the request for the later signals of the same execution.
     """
+    cached = getattr(request, "_flowworker_identity", None)
+    if isinstance(cached, ExecutionIdentity):
+        return cached  # the task_prerun of this execution read or resolved it already
     found = ExecutionIdentity.read_from(request)
     retries = int(getattr(request, "retries", 0) or 0)
     if found is not None and found.retries == retries:
+        with contextlib.suppress(AttributeError):  # a read-only request object
+            request._flowworker_identity = found
         return found
-    cached = getattr(request, "_flowworker_identity", None)
-    if isinstance(cached, ExecutionIdentity):
-        return cached
     task_id = getattr(request, "id", None)
     if not task_id:
         return found

@@ -49,37 +49,34 @@ class PendingReport:
 
     def to_line(self, json_max_bytes: int) -> str:
         """One JSON line for the journal; values go through the database's own encoder,
-        spliced in as text so that nothing is serialized twice."""
+        spliced in as text so that nothing is serialized twice (UUIDs and datetimes are
+        written by orjson as `str` and `isoformat` would)."""
         report = self.report
         scalars = orjson.dumps(
             {
-                "flow_execution_id": str(report.flow_execution_id),
+                "flow_execution_id": report.flow_execution_id,
                 "task_name": report.task_name,
                 "task_execution_idx": report.task_execution_idx,
                 "status": report.status.value,
-                "at": report.at.isoformat(),
+                "at": report.at,
                 "modified_by": report.modified_by,
                 "celery_task_id": report.celery_task_id,
                 "attempt": report.attempt,
                 "worker": report.worker,
-                "queued_at": _isoformat(report.queued_at),
-                "started_at": _isoformat(report.started_at),
-                "organization_id": str(self.organization_id),
+                "queued_at": report.queued_at,
+                "started_at": report.started_at,
+                "organization_id": self.organization_id,
                 "ad_hoc": self.ad_hoc is not None,
                 "ad_hoc_root_id": self.ad_hoc.celery_root_id if self.ad_hoc else None,
                 "reports": self.reports,
                 "hold": self.hold,
             },
         ).decode()
-        values = ",".join(
-            f'"{name}":{_json(value, json_max_bytes)}'
-            for name, value in (
-                ("input", report.input),
-                ("output", report.output),
-                ("error", report.error),
-            )
+        return (
+            f'{scalars[:-1]},"input":{_json(report.input, json_max_bytes)}'
+            f',"output":{_json(report.output, json_max_bytes)}'
+            f',"error":{_json(report.error, json_max_bytes)}}}'
         )
-        return f"{scalars[:-1]},{values}}}"
 
     @classmethod
     def from_line(cls, line: str | bytes) -> PendingReport:
@@ -114,10 +111,6 @@ class PendingReport:
 
 def _json(value: Any, max_bytes: int) -> str:
     return "null" if value is None else encode_json(value, max_bytes)
-
-
-def _isoformat(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 def _datetime(value: str | None) -> dt.datetime | None:

@@ -54,6 +54,20 @@ _MEMORY_QUEUE_MAX = 20_000
 _RETRY_DELAY = 1.0
 
 
+class _Process:
+    """This process's id, kept current across fork without a system call per report."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.pid = os.getpid()
+
+
+_process = _Process()
+
+
 class AllocationTimeout(FlowworkerError):
     """The database did not answer a signal handler's call (an idx allocation, the
     lookup of a record's key) in time."""
@@ -97,7 +111,7 @@ class Recorder:
     # -- per-process state, made lazily so that a fork gets its own ---------------------
 
     def _ensure_process(self) -> None:
-        if self._pid == os.getpid():
+        if self._pid == _process.pid:  # twice per task: getpid(2) is a system call
             return
         with self._init_lock:
             if self._pid == os.getpid():

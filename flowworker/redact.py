@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,12 +21,20 @@ def task_input(
     kwargs = dict(kwargs or {})
     if not args and not kwargs:
         return None
-    keys = tuple(key.lower() for key in secret_keys)
+    keys = _lowered(secret_keys if isinstance(secret_keys, tuple) else tuple(secret_keys))
     return {"args": redact(args, keys), "kwargs": redact(kwargs, keys)}
 
 
+@functools.lru_cache(maxsize=16)
+def _lowered(secret_keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(key.lower() for key in secret_keys)
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def redact(value: Any, secret_keys: tuple[str, ...], _depth: int = 0) -> Any:
-    if _depth > 50:
+    if type(value) in _PLAIN or _depth > 50:
         return value
     if isinstance(value, Mapping):
         return {

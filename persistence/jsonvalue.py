@@ -58,7 +58,8 @@ def _encode(value: Any) -> str:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"), default=_fallback)
     except (ValueError, TypeError, RecursionError):
         text = json.dumps(to_json_safe(value), separators=(",", ":"), default=_fallback)
-    if "\\u0000" in text or _LONE_SURROGATE_ESCAPE.search(text):
+    # (json.dumps escapes every non-ASCII character: without "\u" there is nothing to look for)
+    if "\\u" in text and ("\\u0000" in text or _LONE_SURROGATE_ESCAPE.search(text)):
         text = json.dumps(to_json_safe(json.loads(text)), separators=(",", ":"))
     return text
 

@@ -88,6 +88,19 @@ def _validate_text(name: str, value: object, max_length: int, *, optional: bool)
         raise InvalidReport(f"{name} must be valid Unicode text without NUL characters")
 
 
+#: values that passed validation before (bounded: forgotten wholesale when full)
+_TASK_NAMES_SEEN: set[str] = set()
+_REFERENCES_SEEN: set[str | None] = {None}
+_SEEN_MAX = 4096
+
+
+def _remember(seen: set[Any], value: Any) -> None:
+    if len(seen) >= _SEEN_MAX:
+        seen.clear()
+        seen.add(None)
+    seen.add(value)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskReport:
     """A status report for the execution keyed by (flow execution, task name, idx).
@@ -115,8 +128,13 @@ class TaskReport:
     started_at: dt.datetime | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "status", parse_status(self.status))
-        validate_task_name(self.task_name)
+        # Every worker report passes here on the task's path: the checks take the cheap
+        # road for what they saw pass before (task names, host names, the actor recur).
+        if type(self.status) is not ExecutionStatus:
+            object.__setattr__(self, "status", parse_status(self.status))
+        if type(self.task_name) is not str or self.task_name not in _TASK_NAMES_SEEN:
+            validate_task_name(self.task_name)
+            _remember(_TASK_NAMES_SEEN, self.task_name)
         validate_execution_idx(self.task_execution_idx)
         if not isinstance(self.flow_execution_id, uuid.UUID):
             raise InvalidReport(
@@ -130,9 +148,14 @@ class TaskReport:
                 not isinstance(value, dt.datetime) or value.utcoffset() is None
             ):
                 raise InvalidReport(f"{name} must be a timezone-aware datetime (got {value!r})")
-        _validate_text("modified_by", self.modified_by, MODIFIED_BY_MAX_LENGTH, optional=False)
+        if self.modified_by is not SYSTEM_ACTOR:
+            _validate_text("modified_by", self.modified_by, MODIFIED_BY_MAX_LENGTH, optional=False)
         _validate_text("celery_task_id", self.celery_task_id, REFERENCE_MAX_LENGTH, optional=True)
-        _validate_text("worker", self.worker, REFERENCE_MAX_LENGTH, optional=True)
+        if not (
+            self.worker is None or (type(self.worker) is str and self.worker in _REFERENCES_SEEN)
+        ):
+            _validate_text("worker", self.worker, REFERENCE_MAX_LENGTH, optional=True)
+            _remember(_REFERENCES_SEEN, self.worker)
         if self.attempt is not None and (
             isinstance(self.attempt, bool)
             or not isinstance(self.attempt, int)
