@@ -177,7 +177,6 @@ class JournalWriter:
         try:
             if now_items or due:
                 self.writer.write(now_items + due)
-            self.orphans.replay_orphans(self.writer.write)
         except Exception:
             self.deferred.extendleft((0.0, item) for item in reversed(due))
             raise
@@ -185,6 +184,7 @@ class JournalWriter:
             tail.mark.set(end)
         delay = 0.0 if draining else self.settings.queued_write_delay
         self.deferred.extend((time.monotonic() + delay, item) for item in queued)
+        self.orphans.replay_orphans(self.writer.write)
         return busy
 
     def idle(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -186,18 +186,33 @@ class TaskReport:
     def absorb(self, earlier: TaskReport) -> TaskReport:
         """This report, carrying what an earlier, unwritten report of the same execution
         knew (when it was queued or started, its input and references): one write then
-        does the work of both."""
-        return replace(
-            self,
-            queued_at=self.queued_at
-            or (earlier.at if earlier.status is ExecutionStatus.QUEUED else earlier.queued_at),
-            started_at=self.started_at
-            or (earlier.at if earlier.status is ExecutionStatus.RUNNING else earlier.started_at),
-            input=earlier.input if self.input is None else self.input,
-            celery_task_id=self.celery_task_id or earlier.celery_task_id,
-            attempt=earlier.attempt if self.attempt is None else self.attempt,
-            worker=self.worker or earlier.worker,
-        )
+        does the work of both. (Both were validated when made: no check runs again.)"""
+        absorbed = object.__new__(TaskReport)
+        for name in _FIELD_NAMES:
+            object.__setattr__(absorbed, name, getattr(self, name))
+        for name, value in (
+            (
+                "queued_at",
+                self.queued_at
+                or (earlier.at if earlier.status is ExecutionStatus.QUEUED else earlier.queued_at),
+            ),
+            (
+                "started_at",
+                self.started_at
+                or (
+                    earlier.at if earlier.status is ExecutionStatus.RUNNING else earlier.started_at
+                ),
+            ),
+            ("input", earlier.input if self.input is None else self.input),
+            ("celery_task_id", self.celery_task_id or earlier.celery_task_id),
+            ("attempt", earlier.attempt if self.attempt is None else self.attempt),
+            ("worker", self.worker or earlier.worker),
+        ):
+            object.__setattr__(absorbed, name, value)
+        return absorbed
+
+
+_FIELD_NAMES = tuple(field.name for field in fields(TaskReport))
 
 
 class UpsertOutcome(StrEnum):
