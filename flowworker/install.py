@@ -95,6 +95,6 @@ def _close_recorder(**_: Any) -> None:
 
 
 def _stop_writer_process(**_: Any) -> None:
-    if writer_process.writer_process_pid() is not None:
+    if writer_process.writing_for_worker():
         _close_recorder()  # this process lets go of its journal first
         writer_process.stop_for_worker()

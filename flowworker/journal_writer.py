@@ -207,11 +207,14 @@ class JournalWriter:
             due.append(self.deferred.popleft()[1])
         return due
 
-    def run(self, stop: threading.Event, parent: int) -> None:
+    def run(self, stop: threading.Event, parent: int | None = None) -> None:
+        """Write until `stop` is set or process `parent` (when given) is gone, then write
+        what is left (at most `DRAIN_SECONDS`) and let go of the journals."""
         stats_due = 0.0
         drain_until: float | None = None
         while True:
-            if drain_until is None and (stop.is_set() or os.getppid() != parent):
+            gone = parent is not None and os.getppid() != parent
+            if drain_until is None and (stop.is_set() or gone):
                 drain_until = time.monotonic() + DRAIN_SECONDS
             draining = drain_until is not None
             try:

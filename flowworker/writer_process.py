@@ -19,8 +19,8 @@ import time
 from typing import Any
 
 from flowworker.config import Settings
-from flowworker.journal_writer import DRAIN_SECONDS
-from flowworker.plugin import Plugin, active_plugin
+from flowworker.journal_writer import DRAIN_SECONDS, JournalWriter
+from flowworker.plugin import active_plugin
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ def environment_for(settings: Settings) -> dict[str, str]:
     return variables
 
 
-def _spawn(settings: Settings) -> subprocess.Popen[bytes]:
-    """Start a writer process for this worker (its parent)."""
+def _spawn(settings: Settings, command: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a writer process for this worker (its parent); `command` replaces the
+    interpreter's command line (tests)."""
     environment = {
         key: value for key, value in os.environ.items() if not key.startswith("FLOWWORKER_")
     }
@@ -53,7 +54,7 @@ def _spawn(settings: Settings) -> subprocess.Popen[bytes]:
     environment["PYTHONPATH"] = os.pathsep.join(paths)
     return subprocess.Popen(
         # not `-m`: the package imports this module itself
-        [sys.executable, "-c", "from flowworker.journal_writer import main; main()"],
+        command or [sys.executable, "-c", "from flowworker.journal_writer import main; main()"],
         env=environment,
         close_fds=True,
     )
@@ -72,39 +73,85 @@ def _terminate(process: subprocess.Popen[bytes], timeout: float = DRAIN_SECONDS 
         process.wait()
 
 
-class _WriterProcess:
-    """The worker's writer process (`flowworker.journal_writer`), restarted if it dies."""
+#: a writer process that exits this soon after its start, this many times in a row, is
+#: given up for a writer thread in the worker's main process
+_QUICK_EXIT_SECONDS = 10.0
+_QUICK_EXITS_MAX = 3
 
-    def __init__(self, plugin: Plugin) -> None:
-        self.plugin = plugin
-        self.process: subprocess.Popen[bytes] = _spawn(plugin.settings)
+
+class WriterProcess:
+    """The worker's writer process (`flowworker.journal_writer`), restarted if it dies.
+
+    One that cannot run at all (it exits at once, again and again: a broken environment,
+    say) would leave the journals unwritten while they fill: after `_QUICK_EXITS_MAX` such
+    exits the main process writes them itself, from a thread (slower, but nothing waits)."""
+
+    def __init__(self, settings: Settings, command: list[str] | None = None) -> None:
+        self.settings = settings
+        self._command = command
         self.stopping = threading.Event()
+        self.fallback: threading.Thread | None = None
+        self._start()
         threading.Thread(target=self._watch, name="flowworker-writer-watch", daemon=True).start()
 
+    def _start(self) -> None:
+        self.process = _spawn(self.settings, self._command)
+        self.started_at = time.monotonic()
+
     @property
-    def pid(self) -> int:
-        return self.process.pid
+    def pid(self) -> int | None:
+        return None if self.fallback is not None else self.process.pid
 
     def _watch(self) -> None:
+        quick_exits = 0
         while not self.stopping.wait(1.0):
-            if self.process.poll() is not None and not self.stopping.is_set():
-                log.warning(
-                    "flowworker: the writer process exited with %s; starting another",
+            if self.process.poll() is None or self.stopping.is_set():
+                continue
+            quick = time.monotonic() - self.started_at < _QUICK_EXIT_SECONDS
+            quick_exits = quick_exits + 1 if quick else 0
+            if quick_exits >= _QUICK_EXITS_MAX:
+                log.error(
+                    "flowworker: the writer process exited %d times in a row within %d s of "
+                    "its start (last: %s); writing the journals from this process instead",
+                    quick_exits,
+                    _QUICK_EXIT_SECONDS,
                     self.process.returncode,
                 )
-                time.sleep(1.0)
-                self.process = _spawn(self.plugin.settings)
+                self._write_here()
+                return
+            log.warning(
+                "flowworker: the writer process exited with %s; starting another",
+                self.process.returncode,
+            )
+            time.sleep(1.0)
+            self._start()
+
+    def _write_here(self) -> None:
+        writer = JournalWriter(self.settings)
+        self.fallback = threading.Thread(
+            target=writer.run, args=(self.stopping,), name="flowworker-writer"
+        )
+        self.fallback.daemon = True
+        self.fallback.start()
 
     def stop(self) -> None:
         self.stopping.set()
-        _terminate(self.process)
+        if self.fallback is not None:
+            self.fallback.join(DRAIN_SECONDS + 5)
+        else:
+            _terminate(self.process)
 
 
-_writer_process: _WriterProcess | None = None
+_writer_process: WriterProcess | None = None
 
 
 def writer_process_pid() -> int | None:
     return None if _writer_process is None else _writer_process.pid
+
+
+def writing_for_worker() -> bool:
+    """A writer (process, or the fallback thread) writes this worker's journals."""
+    return _writer_process is not None
 
 
 def start_for_worker(**_: Any) -> None:
@@ -115,7 +162,7 @@ def start_for_worker(**_: Any) -> None:
     if plugin is None or plugin.settings.writer != "process" or _writer_process is not None:
         return
     try:
-        _writer_process = _WriterProcess(plugin)
+        _writer_process = WriterProcess(plugin.settings)
     except Exception:
         log.exception("flowworker: could not start the writer process; each process writes")
         return

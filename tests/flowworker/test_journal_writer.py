@@ -4,6 +4,8 @@ folding, held-back `queued` reports, and what an outage leaves (`flowworker.jour
 from __future__ import annotations
 
 import datetime as dt
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from flowworker.journal import TAILED_SUFFIX, CommittedMark, Journal, read_commi
 from flowworker.journal_writer import JournalWriter, folded
 from flowworker.outage import database_unavailable
 from flowworker.pending import PendingReport
-from flowworker.writer_process import environment_for
+from flowworker.writer_process import WriterProcess, environment_for
 from persistence.reports import TaskReport
 from persistence.status import ExecutionStatus as S
 from tests.persistence.helpers import history_steps, make_flow_execution, record_statuses
@@ -194,3 +196,22 @@ def test_the_writer_process_reads_the_settings_the_worker_resolved(tmp_path: Pat
         "postgresql://root@db/x", tmp_path, redact_keys="pin, otp", journal_fsync=True
     )
     assert Settings.load(None, environ=environment_for(resolved)) == resolved
+
+
+def test_a_writer_process_that_cannot_run_is_replaced_by_a_thread_that_writes(
+    pg_engine: Engine, postgres_url: str, tmp_path: Path
+) -> None:
+    organization_id, flow_execution_id = make_flow_execution(pg_engine, "fallback")
+    journal, _ = journal_with_one_report(tmp_path, organization_id, flow_execution_id)
+    broken = [sys.executable, "-c", "raise SystemExit(3)"]  # a writer that exits at once
+    writer = WriterProcess(settings(postgres_url, tmp_path), command=broken)
+    deadline = time.monotonic() + 30
+    while record_statuses(pg_engine, flow_execution_id) != {0: "completed"}:
+        assert time.monotonic() < deadline, "the journal was never written"
+        time.sleep(0.1)
+    assert writer.fallback is not None
+    assert writer.pid is None
+    journal.close()
+    writer.stop()
+    assert not writer.fallback.is_alive()
+    assert not list(tmp_path.glob(f"*{TAILED_SUFFIX}"))  # finished and deleted on the way out
