@@ -17,8 +17,6 @@ from flowworker.plugin import Plugin, activate, active_plugin
 if TYPE_CHECKING:
     from celery import Celery
 
-    from flowworker.plugin import Plugin
-
 log = logging.getLogger(__name__)
 
 _connect_lock = threading.Lock()

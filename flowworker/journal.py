@@ -168,20 +168,11 @@ class Journal:
             end = self._size
             base = self._base + start
             path = self._path
-        items: list[tuple[PendingReport, int]] = []
-        position = 0
         # line by line, only as far as `limit`: a long outage's backlog is never read whole
         with path.open("rb") as handle:
             handle.seek(start)
-            while len(items) < limit and start + position < end:
-                line = handle.readline(end - start - position)
-                if not line.endswith(b"\n"):
-                    break
-                position += len(line)
-                item = decoded(line)
-                if item is not None:
-                    items.append((item, base + position))
-        return items
+            found, _ = read_reports(handle, limit, end - start)
+        return [(item, base + read) for item, read in found]
 
     def backlog(self) -> int:
         """Bytes appended but not yet committed (0 when the database keeps up)."""
@@ -331,6 +322,25 @@ class CommittedMark:
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
         self.release()
+
+
+def read_reports(
+    handle: IO[bytes], limit: int, most: int | None = None
+) -> tuple[list[tuple[PendingReport, int]], int]:
+    """Up to `limit` reports from `handle`'s position on, whole lines only (at most `most`
+    bytes), each with the bytes read up to the end of its line; and the bytes read in all
+    (a torn line is skipped but counted; a line still being written is not read)."""
+    items: list[tuple[PendingReport, int]] = []
+    read = 0
+    while len(items) < limit and (most is None or read < most):
+        line = handle.readline(-1 if most is None else most - read)
+        if not line.endswith(b"\n"):
+            break
+        read += len(line)
+        item = decoded(line)
+        if item is not None:
+            items.append((item, read))
+    return items, read
 
 
 def decoded(line: str | bytes) -> PendingReport | None:

@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from flowworker.config import Settings
 from flowworker.database_writer import DatabaseWriter
-from flowworker.journal import TAILED_SUFFIX, CommittedMark, Journal, decoded, stats_path
+from flowworker.journal import TAILED_SUFFIX, CommittedMark, Journal, read_reports, stats_path
 from flowworker.outage import database_unavailable
 from flowworker.pending import PendingReport
 from flowworker.plugin import make_notifier
@@ -77,17 +77,8 @@ class _Tail:
     def read(self, limit: int) -> tuple[list[PendingReport], int]:
         """Up to `limit` reports after the mark, and the offset after the last one."""
         self.handle.seek(self.mark.value)
-        items: list[PendingReport] = []
-        offset = self.mark.value
-        while len(items) < limit:
-            line = self.handle.readline()
-            if not line.endswith(b"\n"):
-                break  # the owner is writing it right now
-            offset += len(line)
-            item = decoded(line)
-            if item is not None:
-                items.append(item)
-        return items, offset
+        found, read = read_reports(self.handle, limit)
+        return [item for item, _ in found], self.mark.value + read
 
     def finished(self) -> bool:
         """Its owner let go of it (rotated or exited) and everything in it is written."""

@@ -7,7 +7,6 @@ task's own failure path).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -73,9 +72,7 @@ def record_task_published(
     # Held back for `queued_write_delay` unless the task is scheduled for later: one that
     # starts before then needs no row written here (the worker's report says when it was
     # queued), one that waits for its ETA is queued by design and shown as such at once.
-    item = _pending(report, assigned, headers.get("root_id"))
-    if headers.get("eta"):
-        item = dataclasses.replace(item, hold=False)
+    item = _pending(report, assigned, headers.get("root_id"), hold=not headers.get("eta"))
     plugin.recorder.record(item, durable=False)
 
 
@@ -217,9 +214,11 @@ def _bounded(value: Any, limit: int = 255) -> str | None:
     return None if value is None else str(value)[:limit]
 
 
-def _pending(report: TaskReport, assigned: ExecutionIdentity, root_id: str | None) -> PendingReport:
+def _pending(
+    report: TaskReport, assigned: ExecutionIdentity, root_id: str | None, hold: bool = True
+) -> PendingReport:
     ad_hoc = identity.ad_hoc_flow_execution(assigned, root_id)
-    return PendingReport(report, assigned.organization_id, ad_hoc)
+    return PendingReport(report, assigned.organization_id, ad_hoc, hold=hold)
 
 
 def _arguments(body: Any) -> tuple[Any, Any]:
