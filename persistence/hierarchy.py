@@ -227,9 +227,12 @@ def recorded_keys(connection: Connection, keys: Iterable[ExecutionKey]) -> set[E
     return {(row[0], row[1], row[2]) for row in rows}
 
 
+# one unique-index lookup per key (LATERAL ... LIMIT 1 is never flattened into a join that
+# the planner, taking the JSON array for 100 rows, could make a hash of the whole table)
 _RECORDED_KEYS_PG = text(
     "SELECT t.flow_execution_id, t.task_name, t.task_execution_idx"
     " FROM json_array_elements(CAST(:keys AS json)) AS k"
-    " JOIN task_executions AS t ON t.flow_execution_id = (k->>0)::uuid"
-    " AND t.task_name = k->>1 AND t.task_execution_idx = (k->>2)::int"
+    " CROSS JOIN LATERAL (SELECT flow_execution_id, task_name, task_execution_idx"
+    " FROM task_executions WHERE flow_execution_id = (k->>0)::uuid"
+    " AND task_name = k->>1 AND task_execution_idx = (k->>2)::int LIMIT 1) AS t"
 )

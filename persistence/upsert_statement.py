@@ -221,9 +221,38 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
             for name, type_ in _SOURCE_COLUMNS
         }
     )
+    # the flow execution a report names, in its flow (a flow execution of a stored flow
+    # takes only the task names of its flow)
+    flow_execution = and_(
+        flow_executions_table.c.id == src.flow_execution_id,
+        or_(
+            flow_executions_table.c.flow_id.is_(None),
+            exists()
+            .where(
+                _ft.c.flow_id == flow_executions_table.c.flow_id,
+                _ft.c.task_name == src.task_name,
+            )
+            .correlate_except(_ft),
+        ),
+    )
+    if dialect == "postgresql" and size == 0:
+        # A batch: one primary-key lookup per report, whatever the planner would make of
+        # a join (it takes the record set for 100 rows and, while `flow_executions` is
+        # small by its statistics, hashes the whole table per batch, a plan a prepared
+        # statement keeps as the table grows). LIMIT keeps the subquery from being
+        # flattened into a join.
+        owner: Any = (
+            select(flow_executions_table.c.organization_id)
+            .where(flow_execution)
+            .limit(literal_column("1", Integer()))
+            .lateral("flow_execution")
+        )
+        joined: Any = source.join(owner, true())
+    else:
+        owner, joined = flow_executions_table, source.join(flow_executions_table, flow_execution)
     proposed: Select[Any] = select(
         src.id,
-        flow_executions_table.c.organization_id,
+        owner.c.organization_id,
         src.flow_execution_id,
         src.task_name,
         src.task_execution_idx,
@@ -241,21 +270,7 @@ def _upsert_statement(dialect: str, size: int, full: bool = False) -> Any:
         src.written_at,
         src.written_at,
         src.steps,
-    ).join_from(
-        source,
-        flow_executions_table,
-        and_(
-            flow_executions_table.c.id == src.flow_execution_id,
-            # a flow execution of a stored flow takes only the task names of its flow
-            or_(
-                flow_executions_table.c.flow_id.is_(None),
-                exists().where(
-                    _ft.c.flow_id == flow_executions_table.c.flow_id,
-                    _ft.c.task_name == src.task_name,
-                ),
-            ),
-        ),
-    )
+    ).select_from(joined)
     if dialect == "sqlite":
         proposed = proposed.where(true())  # SQLite needs a WHERE before ON CONFLICT
     elif size == 0:
