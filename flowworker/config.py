@@ -12,7 +12,9 @@ from a thread), writer_nice (19: how much lower than the tasks' the CPU priority
 writer process is, 0 to 19; a writer thread takes at most 5 of it, see `THREAD_NICE_MAX`; 0
 leaves both alone), queued_write_delay (5 seconds: how long a `queued` report waits before
 it is written, and then only if no worker has recorded the execution by then; 0 writes it
-with the next batch).
+with the next batch), running_write_delay (0.2 seconds: how long a task runs before its
+`running` report is written; one that finishes sooner costs one report, its finished one,
+which says when it started; 0 writes `running` as the task starts).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class Settings:
     #: seconds a `queued` report waits in memory; written only if no worker recorded the
     #: execution meanwhile (a task that starts at once costs no row write at publish)
     queued_write_delay: float = 5.0
+    #: seconds a task runs before its `running` report is written; one that finishes
+    #: sooner is written once, finished, saying when it started (0: at once)
+    running_write_delay: float = 0.2
     #: who writes a worker's reports: "process" (a writer process beside the pool; the
     #: task processes only append to their journals) or "thread" (each process its own)
     writer: str = "process"
@@ -110,7 +115,7 @@ def _convert(name: str, raw: Any) -> Any:
         if not 0 <= value <= 19:
             raise ConfigurationError(f"{name} must be a whole number from 0 to 19, not {raw!r}")
         return value
-    if name == "queued_write_delay":
+    if name in ("queued_write_delay", "running_write_delay"):
         try:
             seconds = float(raw)
         except (TypeError, ValueError):

@@ -10,6 +10,7 @@ from flowworker.config import Settings
 from flowworker.database_writer import Notifier
 from flowworker.pending import PendingReport
 from flowworker.recorder import Recorder
+from flowworker.running import RunningTasks, Started
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -25,6 +26,8 @@ class Plugin:
         self.app = app
         self.settings = settings
         self.recorder = Recorder(settings, notifier_factory=make_notifier)
+        #: tasks whose `running` report waits `running_write_delay` (`flowworker.running`)
+        self.running = RunningTasks(settings.running_write_delay, self._write_running)
         #: called with each terminal report once it is journaled, in the process that
         #: recorded it; e.g. flows advance from here. Errors are logged.
         self.terminal_listeners: list[Callable[[PendingReport], None]] = []
@@ -42,6 +45,15 @@ class Plugin:
                 listener(item)
             except Exception:
                 log.exception("flowworker: terminal listener %r failed", listener)
+
+    def _write_running(self, started: Started) -> None:
+        from flowworker.signals import write_running  # signals import this module
+
+        try:
+            write_running(self, started)
+        except Exception:
+            self.recorder.stats.errors += 1
+            raise
 
     def should_record(self, task_name: str | None, task: Any = None) -> bool:
         """Celery's own tasks (celery.*) and opted-out tasks are not recorded."""

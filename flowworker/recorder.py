@@ -189,6 +189,7 @@ class Recorder:
             self._append_for_writer_process(item)
             return
         with self._queue_lock:
+            carried = item.reports  # counted now: an absorbed one was counted before
             earlier = self._unwritten.pop(item.key, None)
             if earlier is not None:
                 item = item.absorbing(earlier)
@@ -197,12 +198,12 @@ class Recorder:
                 try:
                     offset = self._journal.append(item)
                 except (JournalFull, OSError) as exc:
-                    self.stats.lost += 1
+                    self.stats.lost += carried
                     self._note_error("report lost: the journal cannot take it", exc)
                     if earlier is not None:  # it is still queued: let it be written
                         self._unwritten[item.key] = earlier
                     return
-            self.stats.recorded += 1
+            self.stats.recorded += carried
             if len(self._queue) + len(self._deferred) >= _MEMORY_QUEUE_MAX:
                 if durable:
                     self._overflow = True  # the writer reads it back from the journal
@@ -225,10 +226,10 @@ class Recorder:
         try:
             self._journal.append(item)
         except (JournalFull, OSError) as exc:
-            self.stats.lost += 1
+            self.stats.lost += item.reports
             self._note_error("report lost: the journal cannot take it", exc)
             return
-        self.stats.recorded += 1
+        self.stats.recorded += item.reports
 
     def default_organization_id(self) -> uuid.UUID:
         """The organization of tasks no flow started; known without asking the database

@@ -22,6 +22,7 @@ from flowworker.headers import ExecutionIdentity
 from flowworker.pending import PendingReport
 from flowworker.plugin import Plugin, active_plugin
 from flowworker.redact import task_input
+from flowworker.running import Started
 from persistence.reports import TaskReport
 from persistence.status import ExecutionStatus
 
@@ -83,22 +84,38 @@ def record_task_started(
     task = task or sender
     if task is None or not plugin.should_record(task.name, task):
         return
-    request = task.request
-    assigned = identity.identity_of(plugin, request, task.name)
+    started = Started(
+        task.name,
+        task.request,
+        # taken now: the task may change its arguments as it runs
+        task_input(kwargs.get("args"), kwargs.get("kwargs"), plugin.settings.redact_keys),
+        dt.datetime.now(dt.UTC),
+        time.monotonic(),
+    )
+    if plugin.running.delay > 0:
+        plugin.running.started(started)  # most tasks finish before it is due
+    else:
+        write_running(plugin, started)
+
+
+def write_running(plugin: Plugin, started: Started) -> None:
+    """The `running` report of a task that started (at once, or once it has run for
+    `running_write_delay`: `flowworker.running`)."""
+    request = started.request
+    assigned = identity.identity_of(plugin, request, started.task_name)
     if assigned is None:
         return
-    arguments = task_input(kwargs.get("args"), kwargs.get("kwargs"), plugin.settings.redact_keys)
     # The publisher's `queued` report travels on its own and may arrive after this one; the
     # report says when the message was published too, so the record's history and the live
     # notifications read queued -> running -> ... in order whichever lands first. It is not
-    # journaled: the finished report absorbs it while it waits (`Recorder.record`), so a
-    # short task costs one journal line and one row write.
+    # journaled: the finished report absorbs it while it waits (`Recorder.record`).
     running = _report(
         assigned,
         request,
         ExecutionStatus.RUNNING,
-        input=arguments,
-        queued_at=_queued_at(assigned) or dt.datetime.now(dt.UTC),
+        at=started.at,
+        input=started.input,
+        queued_at=_queued_at(assigned) or started.at,
     )
     plugin.recorder.record(_pending(running, assigned, request.root_id), durable=False)
 
@@ -172,15 +189,30 @@ def _record_finished(
     if task is None or not plugin.should_record(task.name, task):
         return
     request = request if request is not None else task.request
+    # a task that finished before its `running` report was due: this report says it all
+    started = plugin.running.finished(request)
     assigned = identity.identity_of(plugin, request, task.name)
     if assigned is None:
         return
     # when it was queued too: the publisher's `queued` report may never be written (it
     # waits `queued_write_delay`), and a task revoked before it started has no other
-    report = _report(
-        assigned, request, status, output=output, error=error, queued_at=_queued_at(assigned)
+    queued_at = _queued_at(assigned)
+    if started is None:
+        report = _report(assigned, request, status, output=output, error=error, queued_at=queued_at)
+    else:
+        report = _report(
+            assigned,
+            request,
+            status,
+            output=output,
+            error=error,
+            input=started.input,
+            queued_at=queued_at or started.at,
+            started_at=started.at,
+        )
+    item = _pending(
+        report, assigned, getattr(request, "root_id", None), reports=1 if started is None else 2
     )
-    item = _pending(report, assigned, getattr(request, "root_id", None))
     plugin.recorder.record(item)  # journaled on return
     plugin.announce_terminal(item)
 
@@ -215,10 +247,14 @@ def _bounded(value: Any, limit: int = 255) -> str | None:
 
 
 def _pending(
-    report: TaskReport, assigned: ExecutionIdentity, root_id: str | None, hold: bool = True
+    report: TaskReport,
+    assigned: ExecutionIdentity,
+    root_id: str | None,
+    hold: bool = True,
+    reports: int = 1,
 ) -> PendingReport:
     ad_hoc = identity.ad_hoc_flow_execution(assigned, root_id)
-    return PendingReport(report, assigned.organization_id, ad_hoc, hold=hold)
+    return PendingReport(report, assigned.organization_id, ad_hoc, reports, hold)
 
 
 def _arguments(body: Any) -> tuple[Any, Any]:

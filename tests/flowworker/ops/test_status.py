@@ -42,9 +42,9 @@ def test_each_process_reports_what_it_recorded_and_the_writer_what_it_wrote(
 
     def written_by_the_writer() -> dict[str, Any] | None:
         stats = _stats(recording)
-        # each task is running (saying when it was queued) + completed: two reports, both
-        # journaled by the children and written by the writer process (one row write when
-        # they meet in a batch, still counted as two)
+        # each task is running (saying when it was queued) + completed: two reports, which
+        # the children journal as one (a short task's `running` waits, then folds into the
+        # finished report) and the writer process writes as one row write, counted as two
         processes = stats["processes"]
         recorded = sum(p["recorded"] for p in processes if p["role"] == "child")
         return stats if recorded >= 40 and sum(p["written"] for p in processes) >= 40 else None
