@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import functools
 import select
+import threading
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -61,12 +63,26 @@ def create_database_engine(
         options.setdefault("pool_pre_ping", parsed.get_driver_name() != "psycopg")
     else:
         options.setdefault("connect_args", {"timeout": 30})
+    engine = _engine(url, options)
+    _made_with[engine] = (url, options)
+    return engine
+
+
+def _engine(url: str, options: dict[str, Any]) -> Engine:
     engine = create_engine(url, **options)
-    if backend == "sqlite":
+    if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite)
     elif not options["pool_pre_ping"] and engine.dialect.driver == "psycopg":
         event.listen(engine, "checkout", _refuse_closed_connection)
     return engine
+
+
+# how each engine of `create_database_engine` was made, and its autocommit sibling
+_made_with: weakref.WeakKeyDictionary[Engine, tuple[str, dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_autocommit_siblings: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_siblings_lock = threading.Lock()
 
 
 def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -158,5 +174,34 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
     (`persistence.upsert.upsert_task_execution(connection, report, organization_id=...)`):
     on PostgreSQL that is one round trip, without BEGIN, the organization setting and
     COMMIT around it."""
+    sibling = _autocommit_sibling(engine)
+    if sibling is not None:
+        with sibling.connect() as connection:
+            yield connection
+        return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         yield connection
+
+
+def _autocommit_sibling(engine: Engine) -> Engine | None:
+    """A second pool beside `engine`'s, of connections that stay in autocommit: switching a
+    pooled connection there and back costs ~40 us of CPU per checkout (half of what a
+    report costs the client). Only for engines `create_database_engine` made."""
+    sibling = _autocommit_siblings.get(engine)
+    if sibling is not None or engine not in _made_with:
+        return sibling
+    with _siblings_lock:
+        sibling = _autocommit_siblings.get(engine)
+        if sibling is None:
+            url, options = _made_with[engine]
+            sibling = _engine(url, {**options, "isolation_level": "AUTOCOMMIT"})
+            _autocommit_siblings[engine] = sibling
+    return sibling
+
+
+def dispose(engine: Engine) -> None:
+    """Close `engine`'s pooled connections, and those of its autocommit sibling."""
+    engine.dispose()
+    sibling = _autocommit_siblings.get(engine)
+    if sibling is not None:
+        sibling.dispose()
