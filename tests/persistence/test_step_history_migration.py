@@ -35,7 +35,7 @@ def test_0005_up_and_down_with_records(fresh_engine: Engine) -> None:  # noqa: F
     organization_id, flow_execution_id = make_flow_execution(engine)
     _write(engine, organization_id, TaskReport(flow_execution_id, "t", 0, S.QUEUED, at=T0))
 
-    upgrade_database(engine)
+    upgrade_database(engine, "0005_step_history")
     assert trigger_names(engine) == triggers
     folded = TaskReport(
         flow_execution_id,
@@ -69,7 +69,7 @@ def test_0005_up_and_down_with_records(fresh_engine: Engine) -> None:  # noqa: F
         ("running", "completed", 3),
     ]
 
-    upgrade_database(engine)
+    upgrade_database(engine, "0005_step_history")
     assert trigger_names(engine) == triggers
     assert _write(engine, organization_id, replace(folded, task_execution_idx=3, queued_at=T0)) == 3
     assert [version for *_, version in history_steps(engine, task_execution_idx=3)] == [1, 2, 3]
