@@ -71,6 +71,45 @@ class ExecutionIdentity:
             return None
 
 
+def published_identity(request: Any) -> tuple[str, str, int, str, bool, float | None] | None:
+    """The identity a Celery request context carries, as published: flow execution id,
+    task name, idx, organization id (checked, as text), whether ad hoc, when published; None
+    when it carries none, or the previous attempt's (`ExecutionIdentity.read_from`, and
+    `flowworker.identity.identity_of` to resolve it)."""
+    attributes = getattr(request, "__dict__", None)
+    if not attributes:
+        return None
+    get = attributes.get
+    if get(FLOW_EXECUTION_ID) is None:  # custom headers are not attributes everywhere
+        nested = get("headers")
+        if not isinstance(nested, Mapping):
+            return None
+        get = nested.get
+    flow_execution_id, organization_id = get(FLOW_EXECUTION_ID), get(ORGANIZATION_ID)
+    idx, published_at = get(TASK_EXECUTION_IDX), get(PUBLISHED_AT)
+    if (
+        type(flow_execution_id) is not str
+        or type(organization_id) is not str
+        or type(idx) is not int
+        or (get(RETRIES) or 0) != (attributes.get("retries") or 0)
+    ):
+        return None
+    try:
+        uuid.UUID(flow_execution_id)
+        uuid.UUID(organization_id)
+        published = float(published_at) if published_at else None
+    except (TypeError, ValueError):
+        return None
+    return (
+        flow_execution_id,
+        str(get(TASK_NAME)),
+        idx,
+        organization_id,
+        bool(get(AD_HOC)),
+        published,
+    )
+
+
 def _getter(source: Mapping[str, Any] | Any) -> Any:
     if isinstance(source, Mapping):
         return source.get

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from flowworker.pending import PendingReport
+from persistence.errors import FlowworkerError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,11 @@ class Journal:
 
     def append(self, item: PendingReport) -> int:
         """Keep `item`; returns its logical end offset. Raises JournalFull when over the cap."""
-        data = (item.to_line(self.json_max_bytes) + "\n").encode()
+        return self.append_line(item.to_line(self.json_max_bytes), item.report.status.is_terminal)
+
+    def append_line(self, line: str, terminal: bool) -> int:
+        """Keep one report's journal line (`flowworker.pending.journal_line`); as `append`."""
+        data = (line + "\n").encode()
         with self._lock:
             if self._size + len(data) > self.max_bytes:
                 self.dropped += 1
@@ -112,7 +117,7 @@ class Journal:
             end = self._base + self._size
             # a pool process runs one task at a time: sealing after a finished report keeps
             # each task's reports in one file, for the writer to fold
-            if self.tailed and self._size >= self.rotate_bytes and item.report.status.is_terminal:
+            if self.tailed and self._size >= self.rotate_bytes and terminal:
                 self._seal()
             return end
 
@@ -348,6 +353,7 @@ def decoded(line: str | bytes) -> PendingReport | None:
     one bad line must not hold back every report after it."""
     try:
         return PendingReport.from_line(line)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, FlowworkerError) as exc:
+        # (a report that fails validation here was journaled without it: `journal_line`)
         log.error("flowworker: skipping an unreadable journal line (%s): %.200r", exc, line)
         return None

@@ -48,11 +48,9 @@ class PendingReport:
         )
 
     def to_line(self, json_max_bytes: int) -> str:
-        """One JSON line for the journal; values go through the database's own encoder,
-        spliced in as text so that nothing is serialized twice (UUIDs and datetimes are
-        written by orjson as `str` and `isoformat` would)."""
+        """One JSON line for the journal (`journal_line`)."""
         report = self.report
-        scalars = orjson.dumps(
+        return journal_line(
             {
                 "flow_execution_id": report.flow_execution_id,
                 "task_name": report.task_name,
@@ -71,11 +69,10 @@ class PendingReport:
                 "reports": self.reports,
                 "hold": self.hold,
             },
-        ).decode()
-        return (
-            f'{scalars[:-1]},"input":{_json(report.input, json_max_bytes)}'
-            f',"output":{_json(report.output, json_max_bytes)}'
-            f',"error":{_json(report.error, json_max_bytes)}}}'
+            report.input,
+            report.output,
+            report.error,
+            json_max_bytes,
         )
 
     @classmethod
@@ -107,6 +104,22 @@ class PendingReport:
         return cls(
             report, organization_id, ad_hoc, document.get("reports", 1), document.get("hold", True)
         )
+
+
+def journal_line(
+    scalars: dict[str, Any], input: Any, output: Any, error: Any, json_max_bytes: int
+) -> str:
+    """A report as one journal line: `scalars` (every key `PendingReport.to_line` writes;
+    UUIDs and datetimes as such or as the text orjson would make of them) and the report's
+    JSON values, which go through the database's own encoder and are spliced in as text,
+    so that nothing is serialized twice. `PendingReport.from_line` reads it back and
+    validates it."""
+    text = orjson.dumps(scalars).decode()
+    return (
+        f'{text[:-1]},"input":{_json(input, json_max_bytes)}'
+        f',"output":{_json(output, json_max_bytes)}'
+        f',"error":{_json(error, json_max_bytes)}}}'
+    )
 
 
 def _json(value: Any, max_bytes: int) -> str:

@@ -223,13 +223,28 @@ class Recorder:
     def _append_for_writer_process(self, item: PendingReport) -> None:
         """Tailed: every report goes to the journal, which the writer process reads (it
         folds a short task's reports into one write there, and holds `queued` ones back)."""
+        line = item.to_line(self.settings.json_max_bytes)
+        self._append_line(line, item.reports, item.report.status.is_terminal)
+
+    def journals_only(self) -> bool:
+        """Whether this process's reports only go to its journal, for the worker's writer
+        process to write (a worker's task process): `record_line` then applies."""
+        self._ensure_process()
+        return self._tailed_here
+
+    def record_line(self, line: str, reports: int) -> None:
+        """A finished report made straight into its journal line (`journal_line`), in a
+        process that `journals_only`; the writer process validates it as it reads it."""
+        self._append_line(line, reports, terminal=True)
+
+    def _append_line(self, line: str, reports: int, terminal: bool) -> None:
         try:
-            self._journal.append(item)
+            self._journal.append_line(line, terminal)
         except (JournalFull, OSError) as exc:
-            self.stats.lost += item.reports
+            self.stats.lost += reports
             self._note_error("report lost: the journal cannot take it", exc)
             return
-        self.stats.recorded += item.reports
+        self.stats.recorded += reports
 
     def default_organization_id(self) -> uuid.UUID:
         """The organization of tasks no flow started; known without asking the database

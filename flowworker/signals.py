@@ -18,12 +18,12 @@ from celery import Task
 from celery.exceptions import Retry
 
 from flowworker import identity
-from flowworker.headers import ExecutionIdentity
-from flowworker.pending import PendingReport
+from flowworker.headers import ExecutionIdentity, published_identity
+from flowworker.pending import PendingReport, journal_line
 from flowworker.plugin import Plugin, active_plugin
 from flowworker.redact import task_input
 from flowworker.running import Started
-from persistence.reports import TaskReport
+from persistence.reports import SYSTEM_ACTOR, TaskReport
 from persistence.status import ExecutionStatus
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,8 @@ def _record_finished(
     request = request if request is not None else task.request
     # a task that finished before its `running` report was due: this report says it all
     started = plugin.running.finished(request)
+    if _journal_finished(plugin, request, status, started, output, error):
+        return
     assigned = identity.identity_of(plugin, request, task.name)
     if assigned is None:
         return
@@ -215,6 +217,56 @@ def _record_finished(
     )
     plugin.recorder.record(item)  # journaled on return
     plugin.announce_terminal(item)
+
+
+def _journal_finished(
+    plugin: Plugin,
+    request: Any,
+    status: ExecutionStatus,
+    started: Started | None,
+    output: Any,
+    error: Any,
+) -> bool:
+    """The common case in a worker's task process: a finished report whose identity the
+    message carries, straight from the request to its journal line, without the report
+    objects a writer thread or a terminal listener needs (the writer process validates the
+    report as it reads the line). False when that does not apply; the general way then
+    records it."""
+    if plugin.terminal_listeners or not plugin.recorder.journals_only():
+        return False
+    published = published_identity(request)
+    if published is None:
+        return False
+    flow_execution_id, task_name, idx, organization_id, ad_hoc, published_at = published
+    now = time.time()
+    queued_at = (
+        dt.datetime.fromtimestamp(min(published_at, now), dt.UTC)
+        if published_at
+        else (started.at if started is not None else None)
+    )
+    reports = 1 if started is None else 2
+    scalars = {
+        "flow_execution_id": flow_execution_id,
+        "task_name": task_name,
+        "task_execution_idx": idx,
+        "status": status.value,
+        "at": dt.datetime.fromtimestamp(now, dt.UTC),
+        "modified_by": SYSTEM_ACTOR,
+        "celery_task_id": _bounded(getattr(request, "id", None)),
+        "attempt": int(getattr(request, "retries", 0) or 0),
+        "worker": _bounded(getattr(request, "hostname", None)),
+        "queued_at": queued_at,
+        "started_at": started.at if started is not None else None,
+        "organization_id": organization_id,
+        "ad_hoc": ad_hoc,
+        "ad_hoc_root_id": getattr(request, "root_id", None) if ad_hoc else None,
+        "reports": reports,
+        "hold": True,
+    }
+    task_input = started.input if started is not None else None
+    line = journal_line(scalars, task_input, output, error, plugin.settings.json_max_bytes)
+    plugin.recorder.record_line(line, reports)
+    return True
 
 
 def _report(

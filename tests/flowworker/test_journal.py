@@ -7,10 +7,11 @@ import sys
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 
 from flowworker.journal import SUFFIX, Journal, JournalFull
-from flowworker.pending import PendingReport
+from flowworker.pending import PendingReport, journal_line
 from persistence.reports import TaskReport
 from persistence.status import ExecutionStatus
 
@@ -152,3 +153,18 @@ def test_a_torn_line_in_the_middle_does_not_hold_back_the_reports_after_it(
     own._size = own._path.stat().st_size
     own.append(report(2))
     assert [item.report.task_execution_idx for item, _ in own.read_uncommitted(10)] == [1, 2]
+
+
+def test_a_line_whose_report_fails_validation_is_skipped_not_retried_forever(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a worker's task process journals its finished reports without validating them
+    # (`signals._journal_finished`); the reader validates, and a bad one must cost only itself
+    journal = Journal(tmp_path, json_max_bytes=1 << 20)
+    journal.append(report(0))
+    scalars = orjson.loads(report(1).to_line(1 << 20))
+    for bad in ({"task_name": "x" * 201}, {"task_execution_idx": -1}, {"status": "done"}):
+        journal.append_line(journal_line({**scalars, **bad}, None, None, None, 1 << 20), True)
+    journal.append(report(2))
+    assert [item.report.task_execution_idx for item, _ in journal.read_uncommitted(10)] == [0, 2]
+    assert caplog.text.count("skipping an unreadable journal line") == 3

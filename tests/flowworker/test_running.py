@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,10 +18,12 @@ import pytest
 from celery import Celery
 
 import flowworker
-from flowworker import identity
+from flowworker import identity, signals
+from flowworker.pending import PendingReport
 from flowworker.plugin import Plugin
 from flowworker.running import RunningTasks, Started
 from persistence.database import create_database_engine
+from persistence.reports import TaskReport
 from persistence.schema import upgrade_database
 
 
@@ -159,3 +162,47 @@ def test_with_no_delay_running_is_journaled_as_the_task_starts(app: Celery, tmp_
     plugin = _install(app, spool, delay=0)
     _run(app, plugin, 0.0)
     assert [line["status"] for line in _lines(spool)] == ["running", "completed"]
+
+
+def test_a_line_made_straight_from_the_request_reads_as_one_made_from_the_report(
+    app: Celery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"
+    plugin = _install(app, spool, delay=0.5)
+    reports_made: list[TaskReport] = []
+    make_report = signals._report
+
+    def counted(*args: Any, **kwargs: Any) -> TaskReport:
+        reports_made.append(make_report(*args, **kwargs))
+        return reports_made[-1]
+
+    monkeypatch.setattr(signals, "_report", counted)
+    _run(app, plugin, 0.0)  # straight from the request: `signals._journal_finished`
+    assert reports_made == []
+    plugin.add_terminal_listener(lambda item: None)  # a listener needs the report objects
+    _run(app, plugin, 0.0)
+    assert len(reports_made) == 1
+    straight, general = (PendingReport.from_line(json.dumps(line)) for line in _lines(spool))
+
+    def comparable(item: PendingReport) -> tuple[Any, ...]:
+        report = item.report
+        assert item.ad_hoc is not None
+        assert item.ad_hoc.celery_root_id == report.celery_task_id
+        assert report.queued_at is not None
+        assert report.started_at is not None
+        assert report.queued_at <= report.started_at <= report.at
+        unique = {"flow_execution_id": None, "celery_task_id": None, "at": None}
+        timeless = replace(report, queued_at=None, started_at=None)
+        return (
+            {**vars_of(timeless), **unique},
+            item.organization_id,
+            item.ad_hoc.organization_id,
+            item.reports,
+            item.hold,
+        )
+
+    assert comparable(straight) == comparable(general)
+
+
+def vars_of(report: TaskReport) -> dict[str, Any]:
+    return {field.name: getattr(report, field.name) for field in fields(report)}
