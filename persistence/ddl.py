@@ -87,6 +87,19 @@ SQLITE_HISTORY_TRIGGER_DROP = [
     "DROP TRIGGER IF EXISTS task_executions_status_history_insert",
 ]
 
+# the status a row leaves (none for a new one) and the steps its new status passes
+_STEPS_PASSED = """\
+        IF TG_OP = 'UPDATE' THEN
+            IF NEW.status IS NOT DISTINCT FROM OLD.status THEN
+                RETURN NULL;
+            END IF;
+            previous := OLD.status;
+        END IF;
+        passed_queued := previous IS NULL AND NEW.status <> 'queued'
+            AND NEW.queued_at IS NOT NULL;
+        passed_running := (previous IS NULL OR previous = 'queued')
+            AND NEW.finished_at IS NOT NULL AND NEW.started_at IS NOT NULL;"""
+
 # Migration 0005: a report may fold in the steps it passed on the way (`TaskReport.steps`:
 # a worker writes queued + running + completed as one row write). The history still gets
 # one event per status, oldest first, numbered by version: `queued` when a new record
@@ -101,16 +114,7 @@ POSTGRES_STEP_HISTORY_FUNCTION = f"""
         passed_running boolean;
         step integer;
     BEGIN
-        IF TG_OP = 'UPDATE' THEN
-            IF NEW.status IS NOT DISTINCT FROM OLD.status THEN
-                RETURN NULL;
-            END IF;
-            previous := OLD.status;
-        END IF;
-        passed_queued := previous IS NULL AND NEW.status <> 'queued'
-            AND NEW.queued_at IS NOT NULL;
-        passed_running := (previous IS NULL OR previous = 'queued')
-            AND NEW.finished_at IS NOT NULL AND NEW.started_at IS NOT NULL;
+{_STEPS_PASSED}
         step := NEW.version - passed_queued::integer - passed_running::integer;
         IF passed_queued THEN
             INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
@@ -173,88 +177,48 @@ SQLITE_STEP_HISTORY_TRIGGER = [
     """,
 ]
 
-# Migration 0006: on PostgreSQL the same events, written per statement instead of per row.
-# The worker upserts its reports in batches, and a report that folds in its steps has three
-# events: a row trigger runs a single-row INSERT for each, one INSERT ... SELECT over the
-# statement's transition tables writes them all (backend CPU per report of such a batch
-# 10 to 16 % lower). The price is per statement: an upsert fires both triggers, so a
-# statement of one report costs more than under the row trigger. Transition tables need a
-# trigger per event; both call this function. The steps are those of
-# POSTGRES_STEP_HISTORY_FUNCTION: queued = version - passed_queued - passed_running,
-# running = version - 1, the new status = version. Old and new rows meet by id, which no
-# update changes (the history's foreign key refuses it). The ORDER BY gives each task's
-# events ids in version order: the history is read in id order.
-_SELECT_STEP_EVENTS = (
-    "SELECT changed.id, changed.organization_id, step.from_status, step.to_status,"
-    " step.version, changed.modified_by, step.recorded_at"
-)
-_STEPS = "AS step (taken, from_status, to_status, version, recorded_at)"
-POSTGRES_STATEMENT_HISTORY = [
-    f"""
-    CREATE FUNCTION flowworker_record_status_changes() RETURNS trigger
+# Migration 0006: on PostgreSQL the same events as 0005's function, with one INSERT per
+# row instead of one per event. A worker's batch upserts reports that fold in their steps
+# (three events each): one INSERT ... SELECT of up to three rows starts the executor once,
+# where three single-row INSERTs started it three times (backend CPU per report of such a
+# batch 195 -> 180 us, bench/README.md `## upsert`). A row with one event, such as every
+# single-report upsert, keeps its plain INSERT. (Statement-level triggers over transition
+# tables did a little better for batches, 175 us, but cost a statement of one report ~100
+# us more: both fire for every upsert.) The steps are 0005's: queued = version -
+# passed_queued - passed_running, running = version - 1, the new status = version; ORDER
+# BY gives them ids in that order, the order the history is read in.
+POSTGRES_ONE_INSERT_HISTORY_FUNCTION = f"""
+    CREATE OR REPLACE FUNCTION flowworker_record_status_change() RETURNS trigger
     LANGUAGE plpgsql AS $$
+    DECLARE
+        previous text;
+        passed_queued boolean;
+        passed_running boolean;
     BEGIN
-        IF TG_OP = 'INSERT' THEN
+{_STEPS_PASSED}
+        IF NOT (passed_queued OR passed_running) THEN
             INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
-            {_SELECT_STEP_EVENTS}
-            FROM (
-                SELECT id, organization_id, status, version, modified_by, queued_at,
-                       started_at, updated_at,
-                       status <> 'queued' AND queued_at IS NOT NULL AS passed_queued,
-                       finished_at IS NOT NULL AND started_at IS NOT NULL AS passed_running
-                FROM new_rows
-            ) AS changed
-            CROSS JOIN LATERAL (VALUES
-                (passed_queued, NULL, 'queued',
-                 changed.version - passed_running::integer - 1, queued_at),
-                (passed_running, CASE WHEN passed_queued THEN 'queued' END, 'running',
-                 changed.version - 1, started_at),
-                (true, CASE WHEN passed_running THEN 'running'
-                            WHEN passed_queued THEN 'queued' END,
-                 status, changed.version, updated_at)
-            ) {_STEPS}
-            WHERE step.taken
-            ORDER BY changed.id, step.version;
-        ELSE
-            INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
-            {_SELECT_STEP_EVENTS}
-            FROM (
-                SELECT new_row.id, new_row.organization_id, new_row.status, new_row.version,
-                       new_row.modified_by, new_row.started_at, new_row.updated_at,
-                       old_row.status AS previous,
-                       old_row.status = 'queued' AND new_row.finished_at IS NOT NULL
-                           AND new_row.started_at IS NOT NULL AS passed_running
-                FROM new_rows AS new_row JOIN old_rows AS old_row ON old_row.id = new_row.id
-                WHERE new_row.status IS DISTINCT FROM old_row.status
-            ) AS changed
-            CROSS JOIN LATERAL (VALUES
-                (passed_running, previous, 'running', changed.version - 1, started_at),
-                (true, CASE WHEN passed_running THEN 'running' ELSE previous END,
-                 status, changed.version, updated_at)
-            ) {_STEPS}
-            WHERE step.taken
-            ORDER BY changed.id, step.version;
+            VALUES (NEW.id, NEW.organization_id, previous, NEW.status, NEW.version,
+                    NEW.modified_by, NEW.updated_at);
+            RETURN NULL;
         END IF;
+        INSERT INTO task_execution_events ({_HISTORY_COLUMNS})
+        SELECT NEW.id, NEW.organization_id, step.from_status, step.to_status, step.version,
+               NEW.modified_by, step.recorded_at
+        FROM (VALUES
+            (passed_queued, NULL, 'queued',
+             NEW.version - passed_running::integer - 1, NEW.queued_at),
+            (passed_running, CASE WHEN passed_queued THEN 'queued' ELSE previous END,
+             'running', NEW.version - 1, NEW.started_at),
+            (true, CASE WHEN passed_running THEN 'running'
+                        WHEN passed_queued THEN 'queued' ELSE previous END,
+             NEW.status, NEW.version, NEW.updated_at)
+        ) AS step (taken, from_status, to_status, version, recorded_at)
+        WHERE step.taken
+        ORDER BY step.version;
         RETURN NULL;
     END $$
-    """,
     """
-    CREATE TRIGGER task_executions_status_history_insert AFTER INSERT ON task_executions
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION flowworker_record_status_changes()
-    """,
-    """
-    CREATE TRIGGER task_executions_status_history_update AFTER UPDATE ON task_executions
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION flowworker_record_status_changes()
-    """,
-]
-
-POSTGRES_STATEMENT_HISTORY_DROP = [
-    "DROP TRIGGER IF EXISTS task_executions_status_history_update ON task_executions",
-    "DROP TRIGGER IF EXISTS task_executions_status_history_insert ON task_executions",
-    "DROP FUNCTION IF EXISTS flowworker_record_status_changes()",
-]
 
 # The application role sets `flowworker.organization_id` per transaction; a session that has
 # not set it sees and writes nothing. Table owners (the migration role) are not subject to it.

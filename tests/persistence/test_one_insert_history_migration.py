@@ -1,6 +1,5 @@
-"""Migration 0006 (history written per statement on PostgreSQL), up and down, and the
-same statements recorded alike under 0005's row trigger, 0006's statement triggers and
-SQLite's row triggers."""
+"""Migration 0006 (one INSERT per row for the history on PostgreSQL), up and down, and the
+same statements recorded alike under 0005's function, 0006's and SQLite's row triggers."""
 
 from __future__ import annotations
 
@@ -23,11 +22,7 @@ from persistence.status import ExecutionStatus as S
 from persistence.upsert import upsert_task_executions
 from tests.conftest import empty_tables
 from tests.persistence.helpers import history_steps, make_flow_execution
-from tests.persistence.test_migrations import (  # noqa: F401 (fixtures)
-    fresh_engine,
-    fresh_url,
-)
-from tests.persistence.test_statement_history import (
+from tests.persistence.test_history_events import (
     FOLDED_COMPLETED,
     QUEUED_AT,
     STARTED_AT,
@@ -36,6 +31,10 @@ from tests.persistence.test_statement_history import (
     Q,
     R,
     read_rows,
+)
+from tests.persistence.test_migrations import (  # noqa: F401 (fixtures)
+    fresh_engine,
+    fresh_url,
 )
 
 _organizations = Base.metadata.tables[Organization.__tablename__]
@@ -127,12 +126,12 @@ _UPSERTED = ("status", "modified_by", "queued_at", "started_at", "finished_at", 
 
 
 @pytest.mark.parametrize("fresh_url", ["postgres"], indirect=True)
-def test_the_statement_triggers_write_what_the_row_triggers_wrote(
+def test_one_insert_per_row_writes_what_one_insert_per_event_wrote(
     fresh_engine: Engine,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     upgrade_database(fresh_engine, "0005_step_history")
-    by_row_trigger = _replay(fresh_engine)
+    by_row_trigger = _replay(fresh_engine)  # 0005: one INSERT per event
     empty_tables(fresh_engine)
     upgrade_database(fresh_engine)
     assert _replay(fresh_engine) == by_row_trigger
@@ -173,16 +172,11 @@ def test_0006_down_and_up_again(fresh_engine: Engine) -> None:  # noqa: F811
     upgrade_database(engine)
     at_head = history_ddl(engine)
     if engine.dialect.name == "postgresql":
-        assert set(at_0005) - set(at_head) == {
-            "task_executions_status_history",
-            "flowworker_record_status_change",
-        }
-        assert set(at_head) - set(at_0005) == {
-            "task_executions_status_history_insert",
-            "task_executions_status_history_update",
-            "flowworker_record_status_changes",
-        }
-        assert "FOR EACH STATEMENT" in at_head["task_executions_status_history_update"]
+        # the same trigger, a new body of its function
+        assert set(at_head) == set(at_0005)
+        function = "flowworker_record_status_change"
+        assert {name for name in at_head if at_head[name] != at_0005[name]} == {function}
+        assert "FROM (VALUES" in at_head[function]
     else:
         assert at_head == at_0005
     organization_id, flow_execution_id = make_flow_execution(engine)

@@ -1,8 +1,7 @@
-"""The history as statement-level triggers write it (PostgreSQL, migration 0006), and as
-row triggers still do on SQLite: one event per status passed, each task's in version order,
+"""The history as the triggers write it (PostgreSQL: one INSERT per row, migration 0006;
+SQLite: 0005's row triggers): one event per status passed, each task's in version order,
 whatever one statement writes (new records, a batch mixing new and known records, a
-hand-written UPDATE of many). `test_statement_history_migration` holds the two kinds of
-trigger against each other."""
+hand-written UPDATE of many). `test_one_insert_history_migration` holds 0006 against 0005."""
 
 from __future__ import annotations
 
