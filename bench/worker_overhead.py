@@ -2,7 +2,7 @@
 broker): bare Celery vs Celery with flowworker vs Celery's SQLAlchemy result backend,
 measured side by side in one run, rounds interleaved so machine noise hits every mode.
 
-    .venv/bin/python bench/worker_overhead.py [--tasks 3000] [--rounds 3]
+    .venv/bin/python bench/worker_overhead.py [--tasks 3000] [--rounds 3] [--publisher stays]
 
 Prints tasks/s per mode (median of rounds) and the ratios to bare Celery, then the CPU
 each task cost per process kind (publisher, worker main process, pool processes, the
@@ -44,6 +44,14 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--publisher",
+        choices=("exits", "stays"),
+        default="exits",
+        help="the publishing process exits as soon as it has published (a batch job: with "
+        "flowworker it writes, as it exits, the `queued` rows of the tasks still waiting), "
+        "or stays until the tasks are done (an application)",
+    )
     options = parser.parse_args()
 
     database = f"flowworker_bench_{uuid.uuid4().hex[:8]}"
@@ -61,7 +69,9 @@ def main() -> None:
         )
         for round_number in range(options.rounds):
             for mode in MODES:
-                rate, cpu_ms = run_round(mode, options.tasks, options.concurrency, database_url)
+                rate, cpu_ms = run_round(
+                    mode, options.tasks, options.concurrency, database_url, options.publisher
+                )
                 rates[mode].append(rate)
                 cpu[mode].append(cpu_ms)
                 print(f"round {round_number + 1} {mode:<11} {rate:8.0f} tasks/s", flush=True)
@@ -71,7 +81,8 @@ def main() -> None:
 
     print(
         f"\n{options.tasks} no-op tasks, prefork concurrency {options.concurrency}, "
-        f"Redis broker, median of {options.rounds} interleaved rounds, "
+        f"Redis broker, the publisher {options.publisher} after publishing, "
+        f"median of {options.rounds} interleaved rounds, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'mode':<12}{'tasks/s':>10}{'ratio to bare':>16}  ratio per round")
@@ -148,7 +159,7 @@ def redis_pid(client: redis.Redis) -> int:
 
 
 def run_round(
-    mode: str, tasks: int, concurrency: int, database_url: str
+    mode: str, tasks: int, concurrency: int, database_url: str, publisher_life: str = "exits"
 ) -> tuple[float, dict[str, float]]:
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     counter = f"bench:done:{queue}"
@@ -210,23 +221,23 @@ def run_round(
                     env=env,
                 )
             publisher = subprocess.Popen(
-                [sys.executable, "-c", PUBLISH, str(tasks)],
+                [sys.executable, "-c", PUBLISH, str(tasks), publisher_life],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.PIPE,
                 text=True,
             )
             assert publisher.stdout is not None
-            output = publisher.stdout.read()
-            if publisher.wait() != 0:
-                raise RuntimeError(f"{mode}: the publisher exited with {publisher.returncode}")
-            started, publisher_cpu = (float(value) for value in output.split()[:2])
+            started = float(publisher.stdout.readline() or "nan")
             deadline = time.monotonic() + 600
             while int(client.get(counter) or 0) < tasks:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{mode}: only {client.get(counter)} of {tasks} tasks done")
                 time.sleep(0.01)
             finished = time.time()
+            publisher_cpu = float(publisher.stdout.readline() or "nan")
+            if publisher.wait() != 0:
+                raise RuntimeError(f"{mode}: the publisher exited with {publisher.returncode}")
             floor_cpu = 0.0
             if floor is not None:
                 floor_cpu = wait_for_cpu(floor)
@@ -257,18 +268,23 @@ def run_round(
 # (so with flowworker installed in flowworker mode).
 PUBLISH = """
 import sys, time
-from overhead_app import noop, app
-count = int(sys.argv[1])
+from overhead_app import COUNTER, _redis, noop, app
+count, life = int(sys.argv[1]), sys.argv[2]
 started = time.time()
 cpu_before = time.process_time()
 for n in range(count):
     noop.delay(n)
+print(started, flush=True)
+if life == "stays":  # an application: it goes on after publishing
+    while int(_redis.get(COUNTER) or 0) < count:
+        time.sleep(0.05)
+    time.sleep(1.0)
 try:
     import flowworker
     flowworker.uninstall()  # flush what the publisher still holds
 except Exception:
     pass
-print(started, time.process_time() - cpu_before)
+print(time.process_time() - cpu_before, flush=True)
 """
 
 if __name__ == "__main__":
