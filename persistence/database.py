@@ -5,12 +5,14 @@ take a `Connection`.
 from __future__ import annotations
 
 import functools
+import os
 import select
 import threading
 import uuid
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -64,7 +66,9 @@ def create_database_engine(
     else:
         options.setdefault("connect_args", {"timeout": 30})
     engine = _engine(url, options)
-    _made_with[engine] = (url, options)
+    if backend == "postgresql" and not _SIBLING_UNSAFE_OPTIONS & options.keys():
+        _made_with[engine] = _Recipe(url, options, _listener_counts(engine))
+        event.listen(engine, "engine_disposed", _dispose_sibling)
     return engine
 
 
@@ -77,12 +81,44 @@ def _engine(url: str, options: dict[str, Any]) -> Engine:
     return engine
 
 
-# how each engine of `create_database_engine` was made, and its autocommit sibling
-_made_with: weakref.WeakKeyDictionary[Engine, tuple[str, dict[str, Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-_autocommit_siblings: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+# -- autocommit's pool: how an engine was made, and its sibling ------------------------------
+
+# options that would make a second pool something else than more connections like the first's
+_SIBLING_UNSAFE_OPTIONS = {"creator", "poolclass", "pool", "isolation_level", "execution_options"}
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    url: str
+    options: dict[str, Any]
+    listeners: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Sibling:
+    engine: Engine
+    pid: int
+
+
+_made_with: weakref.WeakKeyDictionary[Engine, _Recipe] = weakref.WeakKeyDictionary()
+_autocommit_siblings: weakref.WeakKeyDictionary[Engine, _Sibling] = weakref.WeakKeyDictionary()
 _siblings_lock = threading.Lock()
+
+
+def _listener_counts(engine: Engine) -> tuple[int, ...]:
+    """How many listeners the events that shape a connection's session have: one added
+    after `create_database_engine` (a `SET ROLE` on connect, say) would not be on a
+    sibling's connections."""
+    pool, dialect = engine.pool.dispatch, engine.dialect.dispatch
+    return (
+        len(pool.connect),
+        len(pool.first_connect),
+        len(pool.checkout),
+        len(pool.checkin),
+        len(pool.reset),
+        len(dialect.do_connect),
+        len(engine.dispatch.engine_connect),
+    )
 
 
 def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -186,22 +222,29 @@ def autocommit(engine: Engine) -> Iterator[Connection]:
 def _autocommit_sibling(engine: Engine) -> Engine | None:
     """A second pool beside `engine`'s, of connections that stay in autocommit: switching a
     pooled connection there and back costs ~40 us of CPU per checkout (half of what a
-    report costs the client). Only for engines `create_database_engine` made."""
+    report costs the client). Only for PostgreSQL engines `create_database_engine` made,
+    with no listener added since; one per process (a fork's child makes its own)."""
     sibling = _autocommit_siblings.get(engine)
-    if sibling is not None or engine not in _made_with:
-        return sibling
+    if sibling is not None and sibling.pid == os.getpid():
+        return sibling.engine
+    recipe = _made_with.get(engine)
+    if recipe is None or _listener_counts(engine) != recipe.listeners:
+        return None
     with _siblings_lock:
         sibling = _autocommit_siblings.get(engine)
-        if sibling is None:
-            url, options = _made_with[engine]
-            sibling = _engine(url, {**options, "isolation_level": "AUTOCOMMIT"})
+        if sibling is None or sibling.pid != os.getpid():
+            if sibling is not None:  # the parent's: its connections are not this process's
+                sibling.engine.dispose(close=False)
+            made = _engine(recipe.url, {**recipe.options, "isolation_level": "AUTOCOMMIT"})
+            sibling = _Sibling(made, os.getpid())
             _autocommit_siblings[engine] = sibling
-    return sibling
+    return sibling.engine
 
 
-def dispose(engine: Engine) -> None:
-    """Close `engine`'s pooled connections, and those of its autocommit sibling."""
-    engine.dispose()
-    sibling = _autocommit_siblings.get(engine)
+def _dispose_sibling(engine: Engine) -> None:
+    """`engine.dispose()` lets go of its sibling too, closing its connections when they are
+    this process's (after a fork they are the parent's: `dispose(close=False)`)."""
+    with _siblings_lock:
+        sibling = _autocommit_siblings.pop(engine, None)
     if sibling is not None:
-        sibling.dispose()
+        sibling.engine.dispose(close=sibling.pid == os.getpid())

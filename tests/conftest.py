@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, make_url, text
 
-from persistence.database import create_database_engine, dispose
+from persistence.database import create_database_engine
 from persistence.models import Base
 from persistence.schema import upgrade_database
 from tests.servers import POSTGRES_ADMIN_URL, require
@@ -40,7 +40,7 @@ def postgres_engine(postgres_url: str) -> Iterator[Engine]:
     engine = create_database_engine(postgres_url)
     upgrade_database(engine)
     yield engine
-    dispose(engine)
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,7 @@ def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     engine = create_database_engine(f"sqlite:///{path}")
     upgrade_database(engine)
     yield engine
-    dispose(engine)
+    engine.dispose()
 
 
 def empty_tables(engine: Engine) -> None:

@@ -18,7 +18,7 @@ from flowworker.api.routes import flow_executions, health, stream, task_executio
 from flowworker.api.state import DEFAULT_WRITE_THREADS, ApiState, ChangePublisher
 from flowworker.config import Settings
 from flowworker.notify import StatusNotifier
-from persistence.database import create_database_engine, dispose
+from persistence.database import create_database_engine
 
 DEFAULT_POOL_SIZE = 16
 
@@ -90,7 +90,7 @@ def create_app(
         if owns_notifier and state.notifier is not None:
             state.notifier.close()
         if owns_engine:
-            dispose(state.engine)
+            state.engine.dispose()
 
     app = FastAPI(
         title="flowworker",

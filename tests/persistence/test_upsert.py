@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import Connection, Engine, func, make_url, select, text
 
-from persistence.database import autocommit, dispose, transaction
+from persistence.database import autocommit, transaction
 from persistence.errors import (
     InvalidExecutionIndex,
     InvalidStatus,
@@ -392,7 +392,7 @@ def test_the_session_function_is_never_created_inside_a_transaction(pg_engine: E
     """A function created in a transaction that rolls back would be gone while the
     connection still counted on it: a transaction takes the ordinary path instead."""
     organization_id, flow_execution_id = make_flow_execution(pg_engine)
-    dispose(pg_engine)  # fresh connections (both pools), without the function
+    pg_engine.dispose()  # fresh connections (its autocommit pool too), without the function
     functions = text(
         "SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema()"
         " AND proname LIKE 'flowworker_report%'"
