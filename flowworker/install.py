@@ -33,6 +33,7 @@ def install(app: Celery | None = None, **overrides: Any) -> Plugin:
     settings = Settings.load(app.conf if app is not None else None, **overrides)
     previous = active_plugin()
     if previous is not None:
+        previous.running.close()
         previous.recorder.close()
     plugin = Plugin(app, settings)
     activate(plugin)
@@ -46,6 +47,7 @@ def uninstall() -> None:
     plugin = active_plugin()
     activate(None)
     if plugin is not None:
+        plugin.running.close()
         plugin.recorder.close()
 
 

@@ -44,8 +44,8 @@ class Started:
     input: Any
     at: dt.datetime
     since: float  # time.monotonic() at the start
-    #: its `running` report is written (the finished one is then written on its own)
-    written: bool = False
+    #: writing its `running` report failed: the finished report says when it started
+    failed: bool = False
 
 
 class RunningTasks:
@@ -59,6 +59,7 @@ class RunningTasks:
         # same task never overtakes it
         self._lock = threading.Lock()
         self._watching_pid: int | None = None
+        self._closed = threading.Event()
 
     def started(self, started: Started) -> None:
         if self._watching_pid != os.getpid():  # the first task of this process (or fork)
@@ -67,13 +68,13 @@ class RunningTasks:
         self._started[id(started.request)] = started
 
     def finished(self, request: Any) -> Started | None:
-        """What the task's start left here, and None when its `running` report was written
-        (or the task did not start in this process: a revoke seen by the main process)."""
+        """What the task's start left here; None when its `running` report was written (the
+        finished one then goes on its own) or the task did not start in this process (a
+        revoke seen by the main process)."""
         if self._watching_pid != os.getpid():
             return None
         with self._lock:
-            started = self._started.pop(id(request), None)
-        return None if started is None or started.written else started
+            return self._started.pop(id(request), None)
 
     def _begin(self) -> None:
         with _begin_lock:
@@ -83,30 +84,42 @@ class RunningTasks:
             # may have been held by a thread that did not come along
             self._started = {}
             self._lock = threading.Lock()
+            self._closed = threading.Event()
             thread = threading.Thread(target=self._run, name="flowworker-running", daemon=True)
             thread.start()
             self._watching_pid = os.getpid()
 
+    def close(self) -> None:
+        """Stop the watch (the plugin is replaced or uninstalled)."""
+        self._closed.set()
+
     def _run(self) -> None:
         interval = max(self.delay / 2, 0.01)
-        while True:
-            time.sleep(interval)
+        while not self._closed.wait(interval):
             try:
                 self.write_overdue()
             except Exception:  # never let the watch die
-                log.exception("flowworker: writing the running report of a long task failed")
+                log.exception("flowworker: the watch of running tasks failed")
 
     def write_overdue(self, now: float | None = None) -> None:
-        """Write the `running` report of each task started more than `delay` ago."""
+        """Write the `running` report of each task started more than `delay` ago, and
+        forget the task: its finished report goes on its own (and one that never comes,
+        from a task that raised Ignore or Reject, holds nothing here)."""
         now = time.monotonic() if now is None else now
         overdue = [
             started
             for started in list(self._started.values())
-            if not started.written and now - started.since >= self.delay
+            if not started.failed and now - started.since >= self.delay
         ]
         for started in overdue:
-            with self._lock:
-                if self._started.get(id(started.request)) is not started:
+            key = id(started.request)
+            with self._lock:  # the finished report waits: it must not overtake this one
+                if self._started.get(key) is not started:
                     continue  # finished meanwhile: its finished report says it all
-                started.written = True
-                self._write_running(started)
+                try:
+                    self._write_running(started)
+                except Exception:
+                    started.failed = True  # not again: the finished report says it all
+                    log.exception("flowworker: writing the running report of a task failed")
+                    continue
+                del self._started[key]

@@ -115,7 +115,7 @@ def write_running(plugin: Plugin, started: Started) -> None:
         ExecutionStatus.RUNNING,
         at=started.at,
         input=started.input,
-        queued_at=_queued_at(assigned) or started.at,
+        queued_at=_queued_at(assigned.published_at, started) or started.at,
     )
     plugin.recorder.record(_pending(running, assigned, request.root_id), durable=False)
 
@@ -198,7 +198,7 @@ def _record_finished(
         return
     # when it was queued too: the publisher's `queued` report may never be written (it
     # waits `queued_write_delay`), and a task revoked before it started has no other
-    queued_at = _queued_at(assigned)
+    queued_at = _queued_at(assigned.published_at, started)
     if started is None:
         report = _report(assigned, request, status, output=output, error=error, queued_at=queued_at)
     else:
@@ -239,11 +239,7 @@ def _journal_finished(
         return False
     flow_execution_id, task_name, idx, organization_id, ad_hoc, published_at = published
     now = time.time()
-    queued_at = (
-        dt.datetime.fromtimestamp(min(published_at, now), dt.UTC)
-        if published_at
-        else (started.at if started is not None else None)
-    )
+    queued_at = _queued_at(published_at, started) or (started.at if started else None)
     reports = 1 if started is None else 2
     scalars = {
         "flow_execution_id": flow_execution_id,
@@ -284,12 +280,13 @@ def _report(
     )
 
 
-def _queued_at(assigned: ExecutionIdentity) -> dt.datetime | None:
-    """When the message was published, if its headers say (never later than now: the
-    publisher's clock may run ahead of this machine's)."""
-    if assigned.published_at is None:
+def _queued_at(published_at: float | None, started: Started | None) -> dt.datetime | None:
+    """When the message was published, if its headers say; never later than the task
+    started, or than now: the publisher's clock may run ahead of this machine's."""
+    if published_at is None:
         return None
-    return dt.datetime.fromtimestamp(min(assigned.published_at, time.time()), dt.UTC)
+    latest = started.at.timestamp() if started is not None else time.time()
+    return dt.datetime.fromtimestamp(min(published_at, latest), dt.UTC)
 
 
 def _bounded(value: Any, limit: int = 255) -> str | None:

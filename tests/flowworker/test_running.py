@@ -19,6 +19,7 @@ from celery import Celery
 
 import flowworker
 from flowworker import identity, signals
+from flowworker.headers import PUBLISHED_AT
 from flowworker.pending import PendingReport
 from flowworker.plugin import Plugin
 from flowworker.running import RunningTasks, Started
@@ -57,6 +58,35 @@ def test_a_task_still_running_when_due_gets_its_running_report_once() -> None:
     assert written == [started]
     assert running.finished(request) is None, "its finished report is written on its own"
     assert running.finished(SimpleNamespace(id="c")) is None
+
+
+def test_a_task_that_never_finishes_is_forgotten_once_its_running_report_is_written() -> None:
+    # Celery sends no finished signal for a task that raises Ignore or Reject
+    written: list[Started] = []
+    running = RunningTasks(0.2, written.append)
+    for n in range(5):
+        running.started(_started(SimpleNamespace(id=str(n)), since=100.0))
+    running.write_overdue(now=100.3)
+    assert len(written) == 5
+    assert running._started == {}, "nothing is kept for tasks that are over"
+
+
+def test_a_running_report_that_cannot_be_written_leaves_the_start_to_the_finished_one() -> None:
+    attempts: list[Started] = []
+
+    def failing(started: Started) -> None:
+        attempts.append(started)
+        raise RuntimeError("the journal is full")
+
+    running = RunningTasks(0.2, failing)
+    request, other = SimpleNamespace(id="a"), SimpleNamespace(id="b")
+    started = _started(request, since=100.0)
+    running.started(started)
+    running.started(_started(other, since=100.0))
+    running.write_overdue(now=100.3)
+    running.write_overdue(now=100.6)
+    assert len(attempts) == 2, "each tried once, the second despite the first's failure"
+    assert running.finished(request) is started
 
 
 def test_the_finished_report_waits_while_the_running_one_is_being_written() -> None:
@@ -108,15 +138,20 @@ def _install(app: Celery, spool: Path, delay: float) -> Plugin:
     return plugin
 
 
-def _run(app: Celery, plugin: Plugin, seconds: float) -> str:
+def _run(app: Celery, plugin: Plugin, seconds: float, clock_ahead: float = 0.0) -> str:
     task_id = str(uuid.uuid4())
     headers = {"id": task_id, "task": "running.sleep", "root_id": task_id}
     identity.assign_at_publish(plugin, headers)
     identity_headers = {name: value for name, value in headers.items() if "flowworker" in name}
+    identity_headers[PUBLISHED_AT] += clock_ahead  # the publisher's clock
     app.tasks["running.sleep"].apply(
         args=(seconds,), kwargs={"password": "hunter2"}, task_id=task_id, headers=identity_headers
     )
     return task_id
+
+
+def _time(line: dict[str, Any], name: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(line[name])
 
 
 def _lines(spool: Path) -> list[dict[str, Any]]:
@@ -137,7 +172,8 @@ def test_a_short_task_journals_one_report_that_says_when_it_started(
     assert (line["celery_task_id"], line["status"], line["reports"]) == (task_id, "completed", 2)
     assert line["input"] == {"args": [0.0], "kwargs": {"password": "***"}}
     assert line["output"] == 0.0
-    assert line["queued_at"] <= line["started_at"] <= line["at"]
+    queued, started, finished = (_time(line, name) for name in ("queued_at", "started_at", "at"))
+    assert queued <= started <= finished
     assert plugin.recorder.stats.recorded == 2
 
 
@@ -206,3 +242,33 @@ def test_a_line_made_straight_from_the_request_reads_as_one_made_from_the_report
 
 def vars_of(report: TaskReport) -> dict[str, Any]:
     return {field.name: getattr(report, field.name) for field in fields(report)}
+
+
+def test_a_replaced_plugin_stops_its_watch(app: Celery, tmp_path: Path) -> None:
+    def watches() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "flowworker-running"]
+
+    before = len(watches())
+    plugin = _install(app, tmp_path / "spool", delay=0.02)
+    _run(app, plugin, 0.0)
+    assert len(watches()) == before + 1
+    replacement = _install(app, tmp_path / "spool", delay=0.02)
+    _run(app, replacement, 0.0)
+    deadline = time.monotonic() + 5
+    while len(watches()) > before + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(watches()) == before + 1, "one watch: the replacement's"
+
+
+@pytest.mark.parametrize("listener", [False, True], ids=["straight", "general"])
+def test_a_publisher_clock_ahead_never_puts_queued_after_the_start(
+    app: Celery, tmp_path: Path, listener: bool
+) -> None:
+    spool = tmp_path / "spool"
+    plugin = _install(app, spool, delay=0.5)
+    if listener:  # the general way: report objects for a terminal listener
+        plugin.add_terminal_listener(lambda item: None)
+    _run(app, plugin, 0.0, clock_ahead=60.0)
+    [line] = _lines(spool)
+    queued, started, finished = (_time(line, name) for name in ("queued_at", "started_at", "at"))
+    assert queued <= started <= finished
