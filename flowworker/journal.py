@@ -277,10 +277,15 @@ def stats_path(spool_dir: Path, pid: int) -> Path:
     return spool_dir / "stats" / f"{socket.gethostname()}.{pid}.json"
 
 
+def committed_path(journal: Path) -> Path:
+    """Where a writer keeps how far `journal` is in the database (`CommittedMark`)."""
+    return journal.with_name(journal.name + COMMITTED_SUFFIX)
+
+
 def read_committed(journal: Path) -> int:
     """The committed offset a writer keeps beside `journal` (0 when none)."""
     try:
-        return int(journal.with_name(journal.name + COMMITTED_SUFFIX).read_bytes() or 0)
+        return int(committed_path(journal).read_bytes() or 0)
     except (OSError, ValueError):
         return 0
 
@@ -299,7 +304,7 @@ class CommittedMark:
     @classmethod
     def claim(cls, journal: Path) -> CommittedMark | None:
         """The mark of `journal`, locked for this process; None while another holds it."""
-        path = journal.with_name(journal.name + COMMITTED_SUFFIX)
+        path = committed_path(journal)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:

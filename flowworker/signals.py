@@ -115,7 +115,7 @@ def write_running(plugin: Plugin, started: Started) -> None:
         ExecutionStatus.RUNNING,
         at=started.at,
         input=started.input,
-        queued_at=_queued_at(assigned.published_at, started) or started.at,
+        queued_at=_queued_at(assigned.published_at, started),
     )
     plugin.recorder.record(_pending(running, assigned, request.root_id), durable=False)
 
@@ -198,20 +198,16 @@ def _record_finished(
         return
     # when it was queued too: the publisher's `queued` report may never be written (it
     # waits `queued_write_delay`), and a task revoked before it started has no other
-    queued_at = _queued_at(assigned.published_at, started)
-    if started is None:
-        report = _report(assigned, request, status, output=output, error=error, queued_at=queued_at)
-    else:
-        report = _report(
-            assigned,
-            request,
-            status,
-            output=output,
-            error=error,
-            input=started.input,
-            queued_at=queued_at or started.at,
-            started_at=started.at,
-        )
+    start = {} if started is None else {"input": started.input, "started_at": started.at}
+    report = _report(
+        assigned,
+        request,
+        status,
+        output=output,
+        error=error,
+        queued_at=_queued_at(assigned.published_at, started),
+        **start,
+    )
     item = _pending(
         report, assigned, getattr(request, "root_id", None), reports=1 if started is None else 2
     )
@@ -239,7 +235,6 @@ def _journal_finished(
         return False
     flow_execution_id, task_name, idx, organization_id, ad_hoc, published_at = published
     now = time.time()
-    queued_at = _queued_at(published_at, started) or (started.at if started else None)
     reports = 1 if started is None else 2
     scalars = {
         "flow_execution_id": flow_execution_id,
@@ -251,7 +246,7 @@ def _journal_finished(
         "celery_task_id": _bounded(getattr(request, "id", None)),
         "attempt": int(getattr(request, "retries", 0) or 0),
         "worker": _bounded(getattr(request, "hostname", None)),
-        "queued_at": queued_at,
+        "queued_at": _queued_at(published_at, started),
         "started_at": started.at if started is not None else None,
         "organization_id": organization_id,
         "ad_hoc": ad_hoc,
@@ -281,10 +276,11 @@ def _report(
 
 
 def _queued_at(published_at: float | None, started: Started | None) -> dt.datetime | None:
-    """When the message was published, if its headers say; never later than the task
-    started, or than now: the publisher's clock may run ahead of this machine's."""
+    """When the message was published, if its headers say (else, for a task that started,
+    when it started); never later than the task started, or than now: the publisher's
+    clock may run ahead of this machine's."""
     if published_at is None:
-        return None
+        return None if started is None else started.at
     latest = started.at.timestamp() if started is not None else time.time()
     return dt.datetime.fromtimestamp(min(published_at, latest), dt.UTC)
 
